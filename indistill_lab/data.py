@@ -1,0 +1,271 @@
+"""Datasets as in-memory tensors, with an offline-first Fashion-MNIST and fast batch loaders.
+
+Fashion-MNIST sources, in order: the torchvision raw folder `<root>/FashionMNIST/raw/`,
+Debian's `dataset-fashion-mnist` package (its .gz files are extracted into that raw folder,
+because Debian recompressed them and torchvision's archive checksum rejects them), then
+torchvision's download. CIFAR-10 comes from torchvision's download.
+"""
+from __future__ import annotations
+
+import gzip
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from .config import data_root, quick_mode
+
+DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+QUICK_SIZES = {"train": 2048, "test": 512}
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about its input: shape, classes and normalisation."""
+
+    name: str
+    channels: int
+    size: int
+    num_classes: int
+    class_names: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.size, self.size)
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "fashion-mnist": DatasetInfo(
+        "fashion-mnist", 1, 28, 10,
+        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        (0.2860,), (0.3530,),
+    ),
+    "cifar10": DatasetInfo(
+        "cifar10", 3, 32, 10,
+        ("airplane", "automobile", "bird", "cat", "deer",
+         "dog", "frog", "horse", "ship", "truck"),
+        (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+    ),
+}
+
+
+class DatasetUnavailable(FileNotFoundError):
+    """No source could provide the dataset; the message lists the ways to fix it."""
+
+
+@dataclass
+class Split:
+    """One split of a dataset held in memory: normalised images `x` (N, C, H, W) and labels `y`."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    info: DatasetInfo
+    name: str
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, n: int, seed: int = 0) -> "Split":
+        """A deterministic subset of `n` examples with every class equally represented."""
+        if n >= len(self):
+            return self
+        g = torch.Generator().manual_seed(seed)
+        order = torch.randperm(len(self), generator=g)
+        per_class = -(-n // self.info.num_classes)
+        picked = torch.cat([order[self.y[order] == c][:per_class] for c in range(self.info.num_classes)])
+        picked = picked[torch.randperm(len(picked), generator=g)][:n]
+        return Split(self.x[picked], self.y[picked], self.info, f"{self.name}[{n}]")
+
+    def denormalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Map normalised images back to [0, 1] for display."""
+        mean = torch.tensor(self.info.mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.info.std).view(1, -1, 1, 1)
+        return (x * std + mean).clamp(0, 1)
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """Metadata of a known dataset; raises with the list of known names otherwise."""
+    key = name.lower().replace("_", "-")
+    key = {"fashionmnist": "fashion-mnist", "cifar-10": "cifar10"}.get(key, key)
+    if key not in DATASETS:
+        raise KeyError(f"Unknown dataset {name!r}. Known datasets: {', '.join(DATASETS)}.")
+    return DATASETS[key]
+
+
+def _raw_dir(root: Path) -> Path:
+    return root / "FashionMNIST" / "raw"
+
+
+def _has_raw(root: Path) -> bool:
+    return all((_raw_dir(root) / f).is_file() for f in FASHION_FILES)
+
+
+def _extract_debian(root: Path, debian_dir: Path) -> bool:
+    """Extract Debian's gzip files into the torchvision raw folder; False if the package is absent."""
+    sources = [debian_dir / f"{f}.gz" for f in FASHION_FILES]
+    if not all(s.is_file() for s in sources):
+        return False
+    raw = _raw_dir(root)
+    raw.mkdir(parents=True, exist_ok=True)
+    for src, name in zip(sources, FASHION_FILES):
+        tmp = raw / f"{name}.part"
+        with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
+            shutil.copyfileobj(fin, fout)
+        tmp.replace(raw / name)
+    return True
+
+
+def ensure_fashion_mnist(
+    root: Path | None = None,
+    debian_dir: Path = DEBIAN_FASHION_DIR,
+    allow_download: bool = True,
+) -> str:
+    """Make Fashion-MNIST's raw files available under `root`; return which source was used.
+
+    Returns "raw", "debian" or "download". Raises `DatasetUnavailable` naming every fix.
+    """
+    root = Path(root) if root is not None else data_root()
+    if _has_raw(root):
+        return "raw"
+    if _extract_debian(root, debian_dir):
+        return "debian"
+    error = "downloads were disabled"
+    if allow_download:
+        try:
+            from torchvision.datasets import FashionMNIST
+
+            FashionMNIST(str(root), train=True, download=True)
+            if _has_raw(root):
+                return "download"
+        except Exception as exc:  # network errors come in many types
+            error = f"{type(exc).__name__}: {exc}"
+    raise DatasetUnavailable(
+        f"Fashion-MNIST was not found in {_raw_dir(root)} and could not be obtained ({error}).\n"
+        "Fix it in one of three ways:\n"
+        f"  1. copy the four uncompressed idx files ({', '.join(FASHION_FILES)}) into {_raw_dir(root)};\n"
+        f"  2. install Debian's package: sudo apt-get update && sudo apt-get install dataset-fashion-mnist"
+        f" (it provides {debian_dir});\n"
+        "  3. connect to the internet so torchvision can download it (or set INDISTILL_DATA to a"
+        " folder that already holds FashionMNIST/raw)."
+    )
+
+
+def _normalise(images: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
+    x = images.float().div_(255.0)
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    mean = torch.tensor(info.mean).view(1, -1, 1, 1)
+    std = torch.tensor(info.std).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+def load_split(
+    name: str = "fashion-mnist",
+    split: str = "train",
+    root: Path | None = None,
+    quick: bool | None = None,
+) -> Split:
+    """Load a dataset split into memory, normalised. In quick mode a fixed class-balanced subset."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}.")
+    info = dataset_info(name)
+    root = Path(root) if root is not None else data_root()
+    if info.name == "fashion-mnist":
+        ensure_fashion_mnist(root)
+        from torchvision.datasets import FashionMNIST
+
+        ds = FashionMNIST(str(root), train=(split == "train"), download=False)
+        images, labels = ds.data, ds.targets
+    else:
+        from torchvision.datasets import CIFAR10
+
+        try:
+            ds = CIFAR10(str(root), train=(split == "train"), download=True)
+        except Exception as exc:
+            raise DatasetUnavailable(
+                f"CIFAR-10 could not be loaded from {root} or downloaded ({exc}). It needs internet "
+                "once; or place torchvision's cifar-10-batches-py folder there."
+            ) from exc
+        images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2)
+        labels = torch.tensor(ds.targets)
+    data = Split(_normalise(images, info), labels.long(), info, f"{info.name}/{split}")
+    if quick_mode() if quick is None else quick:
+        data = data.subset(QUICK_SIZES[split])
+    return data
+
+
+BatchTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def crop_flip(pad: int = 4) -> BatchTransform:
+    """Random crop with zero padding plus horizontal flip, applied to a whole batch (CIFAR recipe)."""
+
+    def transform(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        n, _, h, w = x.shape
+        padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+        dy = torch.randint(0, 2 * pad + 1, (n,), generator=g)
+        dx = torch.randint(0, 2 * pad + 1, (n,), generator=g)
+        rows = (dy.view(n, 1) + torch.arange(h)).view(n, 1, h, 1).expand(n, x.shape[1], h, w + 2 * pad)
+        out = padded.gather(2, rows)
+        cols = (dx.view(n, 1) + torch.arange(w)).view(n, 1, 1, w).expand(n, x.shape[1], h, w)
+        out = out.gather(3, cols)
+        flip = torch.rand(n, generator=g) < 0.5
+        out[flip] = out[flip].flip(3)
+        return out
+
+    return transform
+
+
+class Loader:
+    """Mini-batches from an in-memory split: seeded shuffling, optional batch transform.
+
+    Much faster than a per-item DataLoader for small images, and deterministic: epoch `e` of a
+    loader built with seed `s` always yields the same batches.
+    """
+
+    def __init__(
+        self,
+        data: Split,
+        batch_size: int = 128,
+        shuffle: bool = True,
+        seed: int = 0,
+        transform: BatchTransform | None = None,
+        drop_last: bool = False,
+    ) -> None:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}.")
+        self.data, self.batch_size, self.shuffle = data, batch_size, shuffle
+        self.seed, self.transform, self.drop_last = seed, transform, drop_last
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        n = len(self.data)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose which epoch's shuffle the next iteration yields (used when resuming)."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        n = len(self.data)
+        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            x = self.data.x[idx]
+            if self.transform is not None:
+                x = self.transform(x, g)
+            yield x, self.data.y[idx]
+        self.epoch += 1

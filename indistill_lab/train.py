@@ -1,0 +1,242 @@
+"""One explicit training loop: seeded, resumable, with callbacks and a safe stop.
+
+The loop is deliberately plain so a student can read it top to bottom:
+
+    for epoch:                      # lr from the schedule, loader reshuffled by epoch
+        for x, y in loader:
+            terms = objective(model, x, y, epoch)   # named loss terms, summed
+            backward, step
+        evaluate, callbacks, atomic checkpoint
+
+An *objective* is any callable `(model, x, y, epoch) -> dict[str, Tensor]`; cross-entropy
+is the default, the curriculum of distillation terms is another. If it has a
+`trainable_parameters()` method (e.g. a FitNets connector), those are optimised too.
+A non-finite loss or Ctrl-C stops training cleanly: the model is put back to the last
+finished epoch and the checkpoint on disk is never half-written.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Protocol
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .config import default_device, seed_everything
+from .data import Loader
+from .metrics import accuracy
+
+try:
+    from tqdm.auto import tqdm
+except ImportError:  # tqdm is a dependency; this keeps the loop usable in a bare interpreter
+    tqdm = None
+
+
+class Objective(Protocol):
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]: ...
+
+
+def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
+    """The plain supervised objective: one term, 'ce'."""
+    return {"ce": F.cross_entropy(model(x), y)}
+
+
+@dataclass
+class History:
+    """What happened: one dict of logs per finished epoch, and why training stopped early (if it did)."""
+
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    stopped: str | None = None
+
+    def series(self, key: str) -> list[float]:
+        return [e[key] for e in self.epochs if key in e]
+
+
+class Callback:
+    """Hooks into the loop; override what you need. `trainer` gives access to model, epoch, logs."""
+
+    def on_train_start(self, trainer: "Trainer") -> None: ...
+    def on_batch_end(self, trainer: "Trainer", logs: dict[str, float]) -> None: ...
+    def on_epoch_end(self, trainer: "Trainer", logs: dict[str, float]) -> None: ...
+    def on_train_end(self, trainer: "Trainer") -> None: ...
+
+
+def make_optimizer(params: Iterable[nn.Parameter], name: str = "adam", lr: float = 1e-3,
+                   weight_decay: float = 0.0, momentum: float = 0.9) -> torch.optim.Optimizer:
+    """Adam (the paper's choice) or SGD with Nesterov momentum."""
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
+    raise ValueError(f"Unknown optimizer {name!r}: use 'adam' or 'sgd'.")
+
+
+def lr_for_epoch(schedule: dict[int, float], base_lr: float, epoch: int) -> float:
+    """Piecewise-constant lr: `schedule` maps a starting epoch to the lr used from then on."""
+    lr = base_lr
+    for start in sorted(schedule):
+        if epoch >= start:
+            lr = schedule[start]
+    return lr
+
+
+def save_checkpoint(path: Path | str, payload: dict[str, Any]) -> None:
+    """Write atomically: to a temporary file, then rename, so a crash never leaves a broken file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """Trains `model` with `objective`; holds the optimizer, the epoch counter and the history."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        objective: Callable[..., dict[str, torch.Tensor]] = cross_entropy,
+        optimizer: str = "adam",
+        lr: float = 1e-3,
+        lr_schedule: dict[int, float] | None = None,
+        weight_decay: float = 0.0,
+        device: torch.device | str | None = None,
+        checkpoint: Path | str | None = None,
+        callbacks: Iterable[Callback] = (),
+        progress: bool = True,
+        seed: int = 0,
+    ) -> None:
+        self.device = torch.device(device) if device is not None else default_device()
+        seed_everything(seed)
+        self.model, self.objective = model.to(self.device), objective
+        if isinstance(objective, nn.Module):
+            objective.to(self.device)
+        params = list(model.parameters())
+        extra = getattr(objective, "trainable_parameters", None)
+        if extra is not None:
+            params += list(extra())
+        self.base_lr, self.lr_schedule = lr, dict(lr_schedule or {})
+        self.optimizer = make_optimizer(params, optimizer, lr, weight_decay)
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.callbacks, self.progress = list(callbacks), progress
+        self.epoch, self.step, self.history = 0, 0, History()
+        self._good_state: dict[str, Any] | None = None
+
+    # -- state ---------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """Everything needed to resume: weights, optimizer, epoch, history."""
+        state = {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch, "step": self.step, "history": self.history.epochs,
+        }
+        if hasattr(self.model, "config"):
+            state["config"] = self.model.config()
+        if isinstance(self.objective, nn.Module):
+            state["objective"] = self.objective.state_dict()
+        return state
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if isinstance(self.objective, nn.Module) and "objective" in state:
+            self.objective.load_state_dict(state["objective"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.history = History(list(state["history"]))
+
+    def resume(self) -> bool:
+        """Load the checkpoint file if it exists; True when training continues from it."""
+        if self.checkpoint is None or not self.checkpoint.is_file():
+            return False
+        self.load_state(torch.load(self.checkpoint, map_location=self.device, weights_only=False))
+        return True
+
+    # -- the loop ------------------------------------------------------------------------
+    def fit(self, train: Loader, epochs: int, eval_data: Loader | None = None) -> History:
+        """Train until `epochs` epochs are done in total (a resumed trainer continues)."""
+        if epochs < 0:
+            raise ValueError(f"epochs must be >= 0, got {epochs}.")
+        self._good_state = copy.deepcopy(self.state())
+        for cb in self.callbacks:
+            cb.on_train_start(self)
+        try:
+            while self.epoch < epochs:
+                logs = self._run_epoch(train, epochs)
+                if logs is None:
+                    break
+                if eval_data is not None:
+                    logs["val_acc"] = accuracy(self.model, eval_data, self.device)
+                self.history.epochs.append(logs)
+                self.epoch += 1
+                self._good_state = copy.deepcopy(self.state())
+                if self.checkpoint is not None:
+                    save_checkpoint(self.checkpoint, self._good_state)
+                for cb in self.callbacks:
+                    cb.on_epoch_end(self, logs)
+        except KeyboardInterrupt:
+            self._stop(f"interrupted during epoch {self.epoch + 1}")
+        for cb in self.callbacks:
+            cb.on_train_end(self)
+        return self.history
+
+    def _stop(self, reason: str) -> None:
+        """Go back to the last finished epoch and record why training stopped."""
+        assert self._good_state is not None
+        self.load_state(copy.deepcopy(self._good_state))
+        kept = f"; checkpoint {self.checkpoint} keeps epoch {self.epoch}" if self.checkpoint else ""
+        self.history.stopped = reason
+        warnings.warn(f"Training stopped: {reason}. The model is back at the end of epoch {self.epoch}{kept}.",
+                      stacklevel=3)
+
+    def _run_epoch(self, train: Loader, epochs: int) -> dict[str, float] | None:
+        lr = lr_for_epoch(self.lr_schedule, self.base_lr, self.epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        train.set_epoch(self.epoch)
+        self.model.train()
+        sums: dict[str, float] = {}
+        seen, start = 0, time.perf_counter()
+        bar = (tqdm(total=len(train), desc=f"epoch {self.epoch + 1}/{epochs}", leave=False)
+               if self.progress and tqdm is not None else None)
+        for x, y in train:
+            x, y = x.to(self.device), y.to(self.device)
+            terms = self.objective(self.model, x, y, self.epoch)
+            loss = sum(terms.values())
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                if bar is not None:
+                    bar.close()
+                self._stop(f"non-finite loss ({value}) at epoch {self.epoch + 1}, step {self.step}")
+                return None
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.step += 1
+            batch_logs = {k: float(v.detach()) for k, v in terms.items()} | {"loss": value}
+            for k, v in batch_logs.items():
+                sums[k] = sums.get(k, 0.0) + v * len(y)
+            seen += len(y)
+            for cb in self.callbacks:
+                cb.on_batch_end(self, batch_logs)
+            if bar is not None:
+                bar.set_postfix(loss=f"{value:.4f}")
+                bar.update()
+        if bar is not None:
+            bar.close()
+        logs = {k: v / max(seen, 1) for k, v in sums.items()}
+        logs.update(epoch=self.epoch + 1, lr=lr, seconds=time.perf_counter() - start)
+        return logs
+
+
+def train(model: nn.Module, train_data: Loader, epochs: int, eval_data: Loader | None = None,
+          **trainer_kwargs: Any) -> History:
+    """One-call training: build a `Trainer`, resume from its checkpoint if present, fit."""
+    trainer = Trainer(model, **trainer_kwargs)
+    trainer.resume()
+    return trainer.fit(train_data, epochs, eval_data)
