@@ -1,0 +1,532 @@
+"""Structured channel pruning to target widths, on top of Torch-Pruning's dependency graph.
+
+InDistill prunes the teacher's (or auxiliary's) layers down to the student's widths so the
+two can be distilled layer to layer without an encoder. This module decides *which* channels
+survive (a criterion) and removes the others coherently: every coupled layer (the next conv's
+input channels, the BN, the flattened fc input, residual additions) loses the same channels,
+so the result is a real, runnable smaller network whose kept channels compute exactly what
+they computed before. BN statistics and biases are sliced, never reset.
+
+    pruned, report = prune_to_widths(auxiliary, student, L1())   # widths taken from the student
+    masked = soft_prune(auxiliary, report)                        # same decision, as masks
+
+Widths: a dict {layer path: width} is the general form (any model). A list is a per-stage
+shorthand for models built from stages: for the kit's ConvNet every conv of stage k gets
+width k; for ResNets (`layer1` ... `layerN`) every conv of stage k *and* the stage's residual
+stream get width k (the torchvision stem conv is coupled to `layer1`'s stream), which is what
+a narrower ResNet of the same family looks like.
+
+Residual couplings mean one decision can span several layers (a *group*); its channel scores
+are the criterion's scores summed over the group's layers.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import re
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+import torch_pruning as tp
+from torch import nn
+from torch.nn import functional as F
+
+from .metrics import count_flops, count_parameters
+
+TORCH_PRUNING_VERSION = "1.6.1"  # the API below was written against this version
+
+_PRUNABLE = (nn.Conv2d, nn.Linear)
+
+
+# ------------------------------------------------------------------------------------------
+# Criteria: one contract, a callable returning one score per output channel of a layer.
+# ------------------------------------------------------------------------------------------
+@dataclass
+class Layer:
+    """What a criterion sees: a conv/linear layer, the BatchNorm right after it (if any), its path."""
+
+    path: str
+    module: nn.Module
+    bn: nn.BatchNorm2d | nn.BatchNorm1d | None = None
+
+    @property
+    def out_channels(self) -> int:
+        return self.module.weight.shape[0]
+
+
+class Criterion:
+    """Channel importance: `criterion(layer) -> 1-D tensor`, one score per output channel, higher = keep.
+
+    Subclass and implement `__call__`; override `prepare(model, layers)` when the scores need
+    a pass over the model first (e.g. gradients). A new criterion is a few lines:
+
+        >>> class MaxAbs(Criterion):
+        ...     name = "max |w|"
+        ...     def __call__(self, layer):
+        ...         return layer.module.weight.detach().abs().flatten(1).amax(1)
+        >>> MaxAbs()(Layer("conv", nn.Conv2d(1, 3, 3))).shape
+        torch.Size([3])
+    """
+
+    name = "criterion"
+
+    def prepare(self, model: nn.Module, layers: Sequence[Layer]) -> None:
+        """Called once with the model and all layers to be scored, before any `__call__`."""
+
+    def __call__(self, layer: Layer) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class L1(Criterion):
+    """L1 norm of each output filter (Li et al. 2017, the InDistill reference choice).
+
+        >>> conv = nn.Conv2d(1, 2, 1, bias=False)
+        >>> conv.weight.data = torch.tensor([[[[-3.0]]], [[[2.0]]]])
+        >>> L1()(Layer("c", conv)).tolist()
+        [3.0, 2.0]
+    """
+
+    name = "L1"
+
+    def __call__(self, layer: Layer) -> torch.Tensor:
+        return layer.module.weight.detach().abs().flatten(1).sum(1)
+
+
+class L2(Criterion):
+    """L2 norm of each output filter.
+
+        >>> conv = nn.Conv2d(1, 1, (1, 2), bias=False)
+        >>> conv.weight.data = torch.tensor([[[[3.0, 4.0]]]])
+        >>> L2()(Layer("c", conv)).tolist()
+        [5.0]
+    """
+
+    name = "L2"
+
+    def __call__(self, layer: Layer) -> torch.Tensor:
+        return layer.module.weight.detach().flatten(1).norm(dim=1)
+
+
+class BNScale(Criterion):
+    """|gamma| of the BatchNorm after the layer (Liu et al. 2017, network slimming).
+
+        >>> bn = nn.BatchNorm2d(2); bn.weight.data = torch.tensor([-0.5, 0.2])
+        >>> BNScale()(Layer("c", nn.Conv2d(1, 2, 1), bn)).tolist()
+        [0.5, 0.20000000298023224]
+    """
+
+    name = "BN scale"
+
+    def __call__(self, layer: Layer) -> torch.Tensor:
+        if layer.bn is None or layer.bn.weight is None:
+            raise ValueError(f"BN-scale criterion needs an affine BatchNorm after {layer.path!r}; "
+                             "this layer has none. Use L1, L2 or Taylor for it.")
+        return layer.bn.weight.detach().abs()
+
+
+class Random(Criterion):
+    """Random scores (the control): deterministic for a given seed and layer path.
+
+        >>> a, b = Random(seed=1), Random(seed=1)
+        >>> layer = Layer("c", nn.Conv2d(1, 4, 1))
+        >>> torch.equal(a(layer), b(layer))
+        True
+    """
+
+    name = "random"
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def __call__(self, layer: Layer) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + zlib.crc32(layer.path.encode()))
+        return torch.rand(layer.out_channels, generator=g)
+
+    def __repr__(self) -> str:
+        return f"Random(seed={self.seed})"
+
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(model(x), y)
+
+
+class Taylor(Criterion):
+    """First-order Taylor estimate of the loss change when a channel is removed (Molchanov et al. 2017).
+
+    Removing channel c sets its output a_c (after the BN, if any) to zero, so to first order the
+    loss changes by -sum(a_c * dL/da_c). The score is |sum over the batch and positions of
+    a_c * dL/da_c| / batch size, averaged over the given batches. Exact when the loss is linear
+    in the channel. The model is run in eval mode (BN statistics untouched) and no `.grad` is left.
+
+        >>> model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.LazyLinear(3))
+        >>> batches = [(torch.randn(4, 1, 5, 5), torch.tensor([0, 1, 2, 0]))]
+        >>> crit = Taylor(batches)
+        >>> crit.prepare(model, [Layer("0", model[0])])
+        >>> crit(Layer("0", model[0])).shape
+        torch.Size([2])
+    """
+
+    name = "Taylor"
+
+    def __init__(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], loss_fn: LossFn = _cross_entropy,
+                 num_batches: int = 4) -> None:
+        if num_batches < 1:
+            raise ValueError(f"num_batches must be >= 1, got {num_batches}.")
+        self.batches, self.loss_fn, self.num_batches = batches, loss_fn, num_batches
+        self._scores: dict[str, torch.Tensor] = {}
+
+    def prepare(self, model: nn.Module, layers: Sequence[Layer]) -> None:
+        taps = {layer.path: (layer.bn if layer.bn is not None else layer.module) for layer in layers}
+        sums = {path: torch.zeros(layer.out_channels) for path, layer in zip(taps, layers)}
+        outputs: dict[str, torch.Tensor] = {}
+        handles = [m.register_forward_hook(lambda _m, _i, out, p=p: outputs.__setitem__(p, out))
+                   for p, m in taps.items()]
+        was_training, seen = model.training, 0
+        model.eval()
+        device = next(model.parameters()).device
+        try:
+            for x, y in self.batches:
+                if seen == self.num_batches:
+                    break
+                x, y = x.to(device), y.to(device)
+                with torch.enable_grad():
+                    loss = self.loss_fn(model, x, y)
+                    acts = [outputs[p] for p in taps]
+                    grads = torch.autograd.grad(loss, acts)
+                for p, a, g in zip(taps, acts, grads):
+                    dims = [d for d in range(a.dim()) if d != 1]
+                    sums[p] += ((a * g).sum(dims).abs() / len(x)).detach().cpu()
+                seen += 1
+        finally:
+            for h in handles:
+                h.remove()
+            model.train(was_training)
+        if seen == 0:
+            raise ValueError("Taylor criterion got no batches: pass a loader or a list of (x, y) batches.")
+        self._scores = {p: s / seen for p, s in sums.items()}
+
+    def __call__(self, layer: Layer) -> torch.Tensor:
+        if layer.path not in self._scores:
+            raise RuntimeError(f"Taylor scores for {layer.path!r} are missing: call prepare(model, layers) "
+                               "first (prune_to_widths does it for you).")
+        return self._scores[layer.path]
+
+    def __repr__(self) -> str:
+        return f"Taylor(num_batches={self.num_batches})"
+
+
+def criteria(batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None, seed: int = 0) -> dict[str, Criterion]:
+    """The built-in criteria by name (Taylor only when `batches` are given), e.g. for a dropdown."""
+    out: dict[str, Criterion] = {"L1": L1(), "L2": L2(), "BN scale": BNScale(), "random": Random(seed)}
+    if batches is not None:
+        out["Taylor"] = Taylor(batches)
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# The dependency graph: which layers can be pruned and which layers are coupled.
+# ------------------------------------------------------------------------------------------
+def _infer_input_shape(model: nn.Module, input_shape: Sequence[int] | None) -> tuple[int, ...]:
+    if input_shape is not None:
+        return tuple(int(s) for s in input_shape)
+    if hasattr(model, "in_channels") and hasattr(model, "image_size"):
+        return (model.in_channels, model.image_size, model.image_size)
+    raise ValueError(f"Cannot infer the input shape of {type(model).__name__}: pass input_shape=(C, H, W), "
+                     "e.g. (3, 64, 64) for a torchvision model.")
+
+
+class _Graph:
+    """Torch-Pruning's dependency graph of one model, with the kit's view of it (paths, groups)."""
+
+    def __init__(self, model: nn.Module, input_shape: tuple[int, ...]) -> None:
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()  # tracing runs a forward pass: eval mode keeps BN running stats untouched
+        try:
+            self.dg = tp.DependencyGraph().build_dependency(
+                model, example_inputs=torch.zeros(1, *input_shape, device=device), verbose=False)
+        finally:
+            model.train(was_training)
+        self.model = model
+        self.modules = dict(model.named_modules())
+        self.names = {m: n for n, m in self.modules.items()}
+        self.prunable: dict[str, list[str]] = {}  # path -> paths of all layers coupled with it
+        for path, module in self.modules.items():
+            if isinstance(module, _PRUNABLE) and module in self.dg.module2node:
+                members = self._coupled(module)
+                if members is not None:
+                    self.prunable[path] = members
+
+    def _group(self, module: nn.Module, idxs: Sequence[int]) -> Any:
+        fn = tp.prune_conv_out_channels if isinstance(module, nn.Conv2d) else tp.prune_linear_out_channels
+        return self.dg.get_pruning_group(module, fn, list(idxs))
+
+    def _coupled(self, module: nn.Module) -> list[str] | None:
+        """Conv/linear layers whose outputs are pruned together with `module`'s; None if not prunable."""
+        if isinstance(module, nn.Conv2d) and module.groups != 1:
+            return None  # grouped / depthwise convs are out of scope
+        group = self._group(module, [0])
+        consumers = [d for d, _ in group if self.dg.is_in_channel_pruning_fn(d.handler)]
+        if not consumers:
+            return None  # nothing downstream reads these channels: they are the model's output
+        return [self.names[d.target.module] for d, _ in group
+                if self.dg.is_out_channel_pruning_fn(d.handler) and isinstance(d.target.module, _PRUNABLE)]
+
+    def bn_after(self, module: nn.Module) -> nn.Module | None:
+        """The BatchNorm that directly consumes `module`'s output, if any."""
+        for out in self.dg.module2node[module].outputs:
+            if isinstance(out.module, nn.modules.batchnorm._BatchNorm):
+                return out.module
+        return None
+
+    def layer(self, path: str) -> Layer:
+        module = self.modules[path]
+        return Layer(path, module, self.bn_after(module))
+
+    def check_path(self, path: str) -> None:
+        valid = ", ".join(self.prunable)
+        if path not in self.modules or not path:
+            close = difflib.get_close_matches(path, list(self.prunable), n=3)
+            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise KeyError(f"Unknown layer path {path!r} in {type(self.model).__name__}.{hint} "
+                           f"Prunable layers: {valid}.")
+        if path not in self.prunable:
+            module = self.modules[path]
+            why = ("it is not a Conv2d or Linear layer" if not isinstance(module, _PRUNABLE)
+                   else "it is a grouped conv" if isinstance(module, nn.Conv2d) and module.groups != 1
+                   else "nothing downstream reads its outputs (they are the model's outputs)")
+            raise ValueError(f"Layer {path!r} ({type(module).__name__}) cannot be pruned: {why}. "
+                             f"Prunable layers: {valid}.")
+
+
+def prunable_layers(model: nn.Module, input_shape: Sequence[int] | None = None) -> dict[str, list[str]]:
+    """Prunable layer paths, each with the paths of the layers coupled to it (itself included).
+
+    A layer coupled to others (a residual stream) can only be pruned together with them.
+    """
+    return dict(_Graph(model, _infer_input_shape(model, input_shape)).prunable)
+
+
+def _stage_containers(model: nn.Module) -> list[str]:
+    names = [n for n, _ in model.named_children() if re.fullmatch(r"(stage|layer)\d+", n)]
+    return sorted(names, key=lambda n: int(re.sub(r"\D", "", n)))
+
+
+def _widths_dict(graph: _Graph, widths: Sequence[int] | Mapping[str, int] | nn.Module) -> dict[str, int]:
+    """Normalise a widths list, dict or student model into {prunable path: width}."""
+    model = graph.model
+    if isinstance(widths, nn.Module):
+        student = widths
+        if hasattr(student, "widths") and hasattr(model, "widths"):
+            widths = list(student.widths)
+        else:
+            smods = dict(student.named_modules())
+            widths = {p: smods[p].weight.shape[0] for p in graph.prunable
+                      if p in smods and isinstance(smods[p], _PRUNABLE) and not isinstance(smods[p], nn.Linear)}
+            if not widths:
+                raise ValueError(f"No prunable conv of {type(model).__name__} has a namesake in the student "
+                                 f"{type(student).__name__}: pass widths as a dict {{layer path: width}}.")
+    if isinstance(widths, Mapping):
+        out = dict(widths)
+        for path in out:
+            graph.check_path(path)
+    else:
+        stages = _stage_containers(model)
+        if not stages:
+            raise ValueError(f"A widths list is a per-stage shorthand, but {type(model).__name__} has no "
+                             "stage1../layer1.. children: pass a dict {layer path: width}, paths from "
+                             "prunable_layers(model).")
+        widths = list(widths)
+        if len(widths) != len(stages):
+            raise ValueError(f"{type(model).__name__} has {len(stages)} stages ({', '.join(stages)}) but "
+                             f"{len(widths)} widths were given: {widths}. Give one width per stage.")
+        out = {}
+        for stage, width in zip(stages, widths):
+            for path in graph.prunable:
+                if path.startswith(stage + ".") and isinstance(graph.modules[path], nn.Conv2d):
+                    out[path] = width
+    for path, width in out.items():
+        if isinstance(width, bool) or not isinstance(width, int) or width <= 0:
+            raise ValueError(f"Width for {path!r} must be a positive int, got {width!r}.")
+        have = graph.modules[path].weight.shape[0]
+        if width > have:
+            raise ValueError(f"Target width {width} for {path!r} is larger than the layer ({have} channels): "
+                             "pruning only removes channels. Use a wider model or a smaller target.")
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# The decision and its two applications: hard (remove channels) and soft (mask them).
+# ------------------------------------------------------------------------------------------
+@dataclass
+class PruneReport:
+    """What `prune_to_widths` did. `kept` maps every layer whose outputs were pruned (conv, linear,
+    BN) to the surviving channel indices of the *original* model, in order."""
+
+    criterion: str
+    widths_before: dict[str, int]
+    widths_after: dict[str, int]
+    kept: dict[str, list[int]]
+    groups: dict[str, list[str]] = field(default_factory=dict)
+    params_before: int = 0
+    params_after: int = 0
+    flops_before: int = 0
+    flops_after: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (for caches)."""
+        return dict(self.__dict__)
+
+    def summary(self) -> str:
+        rows = [f"{p}: {self.widths_before[p]} -> {self.widths_after[p]}" for p in self.widths_after]
+        return (f"criterion {self.criterion}; " + "; ".join(rows) +
+                f"\nparams {self.params_before:,} -> {self.params_after:,} "
+                f"({self.params_after / self.params_before:.1%}); "
+                f"MACs {self.flops_before:,} -> {self.flops_after:,} ({self.flops_after / self.flops_before:.1%})")
+
+
+def prune_to_widths(
+    model: nn.Module,
+    widths: Sequence[int] | Mapping[str, int] | nn.Module,
+    criterion: Criterion | None = None,
+    input_shape: Sequence[int] | None = None,
+    inplace: bool = False,
+) -> tuple[nn.Module, PruneReport]:
+    """Prune `model`'s layers to `widths` (a per-stage list, a {path: width} dict, or a student model).
+
+    Keeps the channels with the highest `criterion` scores (default L1) and removes the rest
+    from every coupled layer, so the result runs and its kept channels compute what they did
+    before. The input model is left untouched unless `inplace=True`. Returns the pruned model
+    (same mode as the input) and a `PruneReport`.
+
+        >>> from indistill_lab.models import build_model
+        >>> pruned, report = prune_to_widths(build_model("auxiliary"), build_model("student"))
+        >>> pruned.widths
+        [8, 16, 32]
+    """
+    criterion = criterion if criterion is not None else L1()
+    if not isinstance(criterion, Criterion):
+        raise TypeError(f"criterion must be a Criterion (L1(), L2(), BNScale(), Taylor(batches), Random()), "
+                        f"got {type(criterion).__name__}.")
+    input_shape = _infer_input_shape(model, input_shape)
+    target = model if inplace else copy.deepcopy(model)
+    graph = _Graph(target, input_shape)
+    wanted = _widths_dict(graph, widths)
+
+    # One decision per coupled group; two requests for the same group must agree.
+    roots: dict[str, tuple[int, list[str]]] = {}
+    for path, width in wanted.items():
+        members = graph.prunable[path]
+        root = next((r for r, (_, m) in roots.items() if path in m), None)
+        if root is None:
+            roots[path] = (width, members)
+        elif roots[root][0] != width:
+            raise ValueError(f"{path!r} is coupled with {root!r} (residual connection: {', '.join(members)}), "
+                             f"so both need the same width; got {width} and {roots[root][0]}.")
+
+    layers = {p: graph.layer(p) for _, members in roots.values() for p in members}
+    criterion.prepare(target, list(layers.values()))
+    params_before, flops_before = count_parameters(target), count_flops(target, input_shape)
+    plan: dict[str, torch.Tensor] = {}
+    for root, (width, members) in roots.items():
+        scores = sum(criterion(layers[p]).detach().float().cpu() for p in members)
+        if scores.shape != (layers[root].out_channels,):
+            raise ValueError(f"Criterion {criterion!r} returned shape {tuple(scores.shape)} for {root!r}; "
+                             f"expected one score per output channel ({layers[root].out_channels},).")
+        plan[root] = torch.topk(scores, width, sorted=False).indices.sort().values
+
+    widths_before = {p: layers[p].out_channels for p in layers}
+    kept: dict[str, list[int]] = {}
+    for root, keep in plan.items():
+        drop = sorted(set(range(layers[root].out_channels)) - set(keep.tolist()))
+        group = graph._group(graph.modules[root], drop or [0])
+        for dep, idxs in group:
+            module = dep.target.module
+            if graph.dg.is_out_channel_pruning_fn(dep.handler) and module in graph.names:
+                removed = set(idxs) if drop else set()
+                kept[graph.names[module]] = [i for i in range(_channels(module)) if i not in removed]
+        if drop:
+            group.prune()
+    report = PruneReport(
+        criterion=getattr(criterion, "name", type(criterion).__name__),
+        widths_before=widths_before,
+        widths_after={p: layers[p].out_channels for p in layers},
+        kept=kept,
+        groups={root: members for root, (_, members) in roots.items()},
+        params_before=params_before, params_after=count_parameters(target),
+        flops_before=flops_before, flops_after=count_flops(target, input_shape),
+    )
+    return target, report
+
+
+def _channels(module: nn.Module) -> int:
+    """Output channels of a conv, linear or BN layer."""
+    return module.num_features if isinstance(module, nn.modules.batchnorm._BatchNorm) else module.weight.shape[0]
+
+
+class _ChannelMask:
+    """Forward hook zeroing the output channels not in `keep` (channel dimension 1)."""
+
+    def __init__(self, keep: Sequence[int], channels: int) -> None:
+        self.mask = torch.zeros(channels)
+        self.mask[list(keep)] = 1.0
+
+    def __call__(self, _module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        shape = [1] * output.dim()
+        shape[1] = -1
+        return output * self.mask.to(output.device, output.dtype).view(shape)
+
+
+def soft_prune(model: nn.Module, report: PruneReport, inplace: bool = False) -> nn.Module:
+    """The same decision as `report`, applied as output masks on the unpruned `model`.
+
+    Every layer that hard pruning shrank (conv, linear, BN) gets a forward hook that zeroes the
+    removed channels, so the masked model computes what the pruned model computes (padded with
+    zeros). Returns a masked copy unless `inplace=True`. `remove_masks` undoes it.
+    """
+    target = model if inplace else copy.deepcopy(model)
+    modules = dict(target.named_modules())
+    for path, keep in report.kept.items():
+        if path not in modules:
+            raise KeyError(f"The report names layer {path!r}, which {type(model).__name__} does not have: "
+                           "was the report made for another model?")
+        module = modules[path]
+        channels = _channels(module)
+        if channels != report.widths_before.get(path, channels) or max(keep, default=-1) >= channels:
+            raise ValueError(f"Layer {path!r} has {channels} channels, the report keeps indices up to "
+                             f"{max(keep)}: pass the unpruned model the report was made from.")
+        module.register_forward_hook(_ChannelMask(keep, channels))
+    return target
+
+
+def remove_masks(model: nn.Module) -> nn.Module:
+    """Remove the masks `soft_prune` added (in place); returns the model."""
+    for module in model.modules():
+        for key, hook in list(module._forward_hooks.items()):
+            if isinstance(hook, _ChannelMask):
+                del module._forward_hooks[key]
+    return model
+
+
+def widths_for_ratio(model: nn.Module, ratio: float | Sequence[float]) -> list[int]:
+    """Per-stage widths after removing `ratio` of each stage's channels (one ratio, or one per stage).
+
+    Stage width = round(width * (1 - ratio)), at least 1. For models with `.widths` (ConvNet).
+    """
+    if not hasattr(model, "widths"):
+        raise ValueError(f"{type(model).__name__} has no per-stage widths: build a {{path: width}} dict instead.")
+    stages = list(model.widths)
+    ratios = [float(ratio)] * len(stages) if isinstance(ratio, (int, float)) else [float(r) for r in ratio]
+    if len(ratios) != len(stages):
+        raise ValueError(f"Got {len(ratios)} ratios for {len(stages)} stages.")
+    if any(not 0.0 <= r < 1.0 for r in ratios):
+        raise ValueError(f"Pruning ratios must be in [0, 1), got {ratios}.")
+    return [max(1, round(w * (1 - r))) for w, r in zip(stages, ratios)]
