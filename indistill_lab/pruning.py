@@ -40,6 +40,13 @@ TORCH_PRUNING_VERSION = "1.6.1"  # the API below was written against this versio
 _PRUNABLE = (nn.Conv2d, nn.Linear)
 
 
+class UnknownLayerError(KeyError):
+    """A layer path the model does not have (a KeyError whose message prints unquoted)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 # ------------------------------------------------------------------------------------------
 # Criteria: one contract, a callable returning one score per output channel of a layer.
 # ------------------------------------------------------------------------------------------
@@ -296,7 +303,7 @@ class _Graph:
         if path not in self.modules or not path:
             close = difflib.get_close_matches(path, list(self.prunable), n=3)
             hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise KeyError(f"Unknown layer path {path!r} in {type(self.model).__name__}.{hint} "
+            raise UnknownLayerError(f"Unknown layer path {path!r} in {type(self.model).__name__}.{hint} "
                            f"Prunable layers: {valid}.")
         if path not in self.prunable:
             module = self.modules[path]
@@ -496,7 +503,7 @@ def soft_prune(model: nn.Module, report: PruneReport, inplace: bool = False) -> 
     modules = dict(target.named_modules())
     for path, keep in report.kept.items():
         if path not in modules:
-            raise KeyError(f"The report names layer {path!r}, which {type(model).__name__} does not have: "
+            raise UnknownLayerError(f"The report names layer {path!r}, which {type(model).__name__} does not have: "
                            "was the report made for another model?")
         module = modules[path]
         channels = _channels(module)
