@@ -1,0 +1,160 @@
+"""Curriculum constructors, active terms, every validation message, JSON, and the objective in training."""
+import pytest
+import torch
+
+from indistill_lab.curriculum import (OUTPUT, Curriculum, CurriculumError, CurriculumObjective, Phase, Term,
+                                      allocate_epochs, embedding_term, layer_difficulty, stage_pairs)
+from indistill_lab.data import DATASETS, Loader, Split
+from indistill_lab.models import build_model
+from indistill_lab.train import Callback, Trainer
+
+PAIRS = [("stage1", "stage1"), ("stage2", "stage2"), ("stage3", "stage3")]
+FINAL = Term("act_fc1", "act_fc1", "pkt")
+
+
+def test_paper_rule_gives_a_plus_k_epochs_shallow_to_deep_one_at_a_time():
+    c = Curriculum.paper(PAIRS, FINAL, total_epochs=70, a=2)
+    assert [(p.student, p.start, p.epochs) for p in c.phases] == [("stage1", 0, 3), ("stage2", 3, 4), ("stage3", 7, 5)]
+    assert c.final_begins == 12
+    for epoch in range(70):
+        assert len(c.active_terms(epoch)) == 1  # only one loss term at a time
+    assert [t.key for t in c.active_terms(2)] == ["mse/stage1"]
+    assert [t.key for t in c.active_terms(3)] == ["mse/stage2"]
+    assert [t.key for t in c.active_terms(11)] == ["mse/stage3"]
+    assert c.active_terms(12) == [FINAL] and c.active_terms(69) == [FINAL]
+    assert c.active_terms(70) == []
+    assert [p.epochs for p in Curriculum.paper(PAIRS, FINAL, 30, a=0).phases] == [1, 2, 3]
+
+
+def test_difficulty_allocation_is_proportional_within_budget():
+    assert allocate_epochs([3, 4, 5], 12) == [3, 4, 5]
+    assert allocate_epochs([0.1, 0.1, 0.8], 10) == [2, 2, 6]  # floor 1 each, 7 spare split 0.7/0.7/5.6
+    assert allocate_epochs([0, 0, 0], 6) == [2, 2, 2]
+    assert sum(allocate_epochs([0.3, 0.9, 0.2], 11, min_epochs=2)) == 11
+    c = Curriculum.from_difficulty(PAIRS, [1.0, 1.0, 2.0], budget=8, final=FINAL, total_epochs=10)
+    assert [(p.start, p.epochs) for p in c.phases] == [(0, 2), (2, 2), (4, 4)]
+    with pytest.raises(CurriculumError, match="raise the budget to 3"):
+        allocate_epochs([1, 2, 3], 2)
+    with pytest.raises(CurriculumError, match="must be >= 0"):
+        allocate_epochs([1, -2, 3], 6)
+
+
+def test_all_at_once_control_and_by_hand():
+    c = Curriculum.all_at_once(PAIRS, epochs=12, final=FINAL, total_epochs=20, weight=0.5)
+    assert [t.key for t in c.active_terms(0)] == ["mse/stage1", "mse/stage2", "mse/stage3"]
+    assert all(t.weight == 0.5 for t in c.active_terms(11)) and c.active_terms(12) == [FINAL]
+    hand = Curriculum((Phase("stage1", "stage1", "mse", 2.0, start=0, epochs=2),
+                       Phase("stage3", "stage3", "mse", 1.0, start=1, epochs=3)), FINAL, 6, final_start=2)
+    assert [(t.key, t.weight) for t in hand.active_terms(1)] == [("mse/stage1", 2.0), ("mse/stage3", 1.0)]
+    assert [t.key for t in hand.active_terms(3)] == ["mse/stage3", "pkt/act_fc1"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(phases=(Phase("stage1", "stage1", epochs=0),)), r"length 0 epochs; give it at least 1 epoch"),
+    (dict(phases=(Phase("stage1", "stage1", epochs=-2),)), r"length -2 epochs"),
+    (dict(phases=(Phase("stage1", "stage1", start=-1, epochs=2),)), r"starts at epoch -1; epochs count from 0"),
+    (dict(phases=(Phase("stage1", "stage1", epochs=12),)), r"ends at epoch 12 but training has 10 epochs"),
+    (dict(phases=(Phase("stage1", "stage1", epochs=6),), critical_end=5, enforce_critical=True),
+     r"after the critical period ends \(epoch 5\)"),
+    (dict(phases=(Phase("stage1", "stage1", "l1"),)), r"unknown loss 'l1'; use one of kd, pkt, mse, fitnets"),
+    (dict(phases=(Phase("stage1", "stage1", weight=-1.0),)), r"weight -1.0 is negative"),
+    (dict(phases=(Phase("stage1", "stage1", start=2, epochs=2),)), r"epoch 0 has no active term"),
+    (dict(phases=(Phase("stage1", "stage1", epochs=10),)), r"final term starts at epoch 10 and never runs"),
+    (dict(phases=(), critical_end=11), r"critical_end is 11; it must lie in 1..total_epochs"),
+    (dict(phases=(Phase("act_fc1", "act_fc1", "pkt", epochs=3),), final_start=0), r"share the name"),
+    (dict(phases=(), total_epochs=0), r"total_epochs is 0"),
+])
+def test_validation_messages(kwargs, message):
+    args = dict(final=FINAL, total_epochs=10) | kwargs
+    with pytest.raises(CurriculumError, match=message):
+        Curriculum(**args)
+
+
+def test_critical_period_is_informative_unless_enforced():
+    c = Curriculum.paper(PAIRS, FINAL, total_epochs=20, critical_end=8)
+    assert [p.student for p in c.outside_critical()] == ["stage3"]
+
+
+def test_unknown_layers_and_shape_mismatch_against_models():
+    teacher, student = build_model("auxiliary"), build_model("student")
+    bad = Curriculum.paper([("stage1", "stage1"), ("stage2", "stage_2")], FINAL, 10)
+    with pytest.raises(CurriculumError, match=r"student layer: Unknown layer path 'stage_2'.*Did you mean 'stage2'"):
+        bad.check_models(teacher, student)
+    mismatched = Curriculum.paper(PAIRS, FINAL, 20)
+    with pytest.raises(CurriculumError, match="prune the teacher to the student's widths"):
+        mismatched.check_models(teacher, student, torch.randn(2, 1, 28, 28))
+    mismatched.check_models(student, student, torch.randn(2, 1, 28, 28))  # aligned: passes
+
+
+def test_json_round_trip(tmp_path):
+    c = Curriculum((Phase("stage1", "stage1", "fitnets", 0.5, start=0, epochs=2),
+                    Phase(OUTPUT, OUTPUT, "kd", 1.0, {"temperature": 2.0}, start=1, epochs=2)),
+                   FINAL, 8, critical_end=4, enforce_critical=True, final_start=3)
+    assert Curriculum.from_json(c.to_json()) == c
+    path = tmp_path / "c.json"
+    c.to_json(path)
+    assert Curriculum.from_json(path) == c
+    with pytest.raises(CurriculumError, match="unknown keys \\['epochs'\\]"):
+        Curriculum.from_dict({"phases": [], "total_epochs": 3, "epochs": 3})
+
+
+def test_stage_pairs_embedding_term_and_difficulty():
+    teacher, student = build_model("student"), build_model("student")
+    assert stage_pairs(teacher, student) == PAIRS
+    assert embedding_term(teacher, student) == FINAL
+    scores = layer_difficulty(teacher, teacher, PAIRS, torch.randn(8, 1, 28, 28))
+    assert scores == pytest.approx([0.0, 0.0, 0.0])
+    assert all(s > 0 for s in layer_difficulty(teacher, student, PAIRS, torch.randn(8, 1, 28, 28)))
+
+
+def _tiny_split(n: int = 32) -> Split:
+    g = torch.Generator().manual_seed(0)
+    return Split(torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g),
+                 DATASETS["fashion-mnist"], "random")
+
+
+class _Record(Callback):
+    def __init__(self) -> None:
+        self.keys: list[tuple[int, tuple[str, ...]]] = []
+
+    def on_batch_end(self, trainer, logs) -> None:
+        self.keys.append((trainer.epoch, tuple(k for k in logs if k != "loss")))
+
+
+def test_two_phase_curriculum_switches_loss_at_the_right_epoch_in_training():
+    torch.manual_seed(0)
+    teacher, student = build_model("student"), build_model("student")
+    teacher_modes: list[bool] = []
+    teacher.stage1.register_forward_hook(lambda m, i, o: teacher_modes.append(m.training))
+    teacher.train()  # the objective must still produce targets in eval mode
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    c = Curriculum((Phase("stage1", "stage1", "fitnets", start=0, epochs=2),), FINAL, total_epochs=3)
+    objective = CurriculumObjective(c, teacher, student)
+    connector = objective.trainable_parameters()
+    assert len(connector) == 2  # weight and bias of the 1x1 connector
+    start_weight = connector[0].detach().clone()
+    record = _Record()
+    trainer = Trainer(student, objective=objective, callbacks=[record], progress=False, device="cpu")
+    history = trainer.fit(Loader(_tiny_split(), batch_size=16, shuffle=True), epochs=3)
+    assert {e: k for e, k in record.keys} == {0: ("fitnets/stage1",), 1: ("fitnets/stage1",), 2: ("pkt/act_fc1",)}
+    assert [sorted(k for k in e if "/" in k) for e in history.epochs] == [["fitnets/stage1"]] * 2 + [["pkt/act_fc1"]]
+    assert teacher_modes and not any(teacher_modes)
+    assert teacher.training  # the caller's mode is restored
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    assert not torch.equal(start_weight, connector[0].detach())  # the connector was optimised
+
+
+def test_objective_uses_plugged_in_teacher_features():
+    student = build_model("student")
+    calls: list[tuple[str, ...]] = []
+
+    def source(x, paths):
+        calls.append(tuple(paths))
+        return {p: torch.zeros(len(x), 64) for p in paths}
+
+    c = Curriculum((), Term("act_fc1", "act_fc1", "mse"), total_epochs=1)
+    objective = CurriculumObjective(c, build_model("auxiliary"), student, teacher_features=source)
+    x = torch.randn(4, 1, 28, 28)
+    terms = objective(student, x, torch.zeros(4, dtype=torch.long), 0)
+    assert calls[-1] == ("act_fc1",)
+    assert terms["mse/act_fc1"].item() == pytest.approx(float((student.embed(x) ** 2).mean()), rel=1e-5)
