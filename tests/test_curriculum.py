@@ -157,4 +157,4 @@ def test_objective_uses_plugged_in_teacher_features():
     x = torch.randn(4, 1, 28, 28)
     terms = objective(student, x, torch.zeros(4, dtype=torch.long), 0)
     assert calls[-1] == ("act_fc1",)
-    assert terms["mse/act_fc1"].item() == pytest.approx(float((student.embed(x) ** 2).mean()), rel=1e-5)
+    assert terms["mse/act_fc1"].item() == pytest.approx(float((student.embed(x) ** 2).mean().detach()), rel=1e-5)
