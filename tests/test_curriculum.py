@@ -158,3 +158,30 @@ def test_objective_uses_plugged_in_teacher_features():
     terms = objective(student, x, torch.zeros(4, dtype=torch.long), 0)
     assert calls[-1] == ("act_fc1",)
     assert terms["mse/act_fc1"].item() == pytest.approx(float((student.embed(x) ** 2).mean().detach()), rel=1e-5)
+
+
+def test_editor_sliders_rules_and_timeline():
+    from indistill_lab.viz.curriculum import CurriculumEditor, timeline_figure
+
+    editor = CurriculumEditor(PAIRS, FINAL, total_epochs=20, critical_end=10, difficulty=[1.0, 1.0, 2.0], budget=8)
+    assert editor.curriculum == Curriculum.paper(PAIRS, FINAL, 20, critical_end=10)
+    editor.rule.value = "difficulty"
+    assert [(p.start, p.epochs) for p in editor.curriculum.phases] == [(0, 2), (2, 2), (4, 4)]
+    start, length, weight = editor.rows[2]
+    length.value, weight.value = 7, 0.5  # stage3 now runs epochs 4-10, past the critical period
+    assert editor.figure.data[0].x == (2, 2, 7, 9) and editor.figure.data[0].base == (0, 2, 4, 11)
+    assert editor.curriculum.phases[2].weight == 0.5 and "run past the critical period" in editor.status.value
+    start.value = 6  # leaves a gap at epochs 4-5
+    assert "epoch 4 has no active term" in editor.status.value
+    with pytest.raises(CurriculumError, match="epoch 4 has no active term"):
+        editor.curriculum
+    editor.rows[1][1].value = 0  # length 0 leaves stage2 out
+    assert [p.student for p in editor.phases()] == ["stage1", "stage3"]
+    editor.critical.value = 15
+    assert editor.figure.layout.shapes[0].x1 == 15
+    editor.rule.value = "all-at-once"
+    assert {(p.start, p.epochs) for p in editor.curriculum.phases} == {(0, 8)}
+    fig = timeline_figure(Curriculum.paper(PAIRS, FINAL, 20, critical_end=10))
+    assert fig.data[0].x == (3, 4, 5, 8) and fig.layout.shapes[0].x1 == 10
+    with pytest.raises(ValueError, match="pass `difficulty` scores"):
+        CurriculumEditor(PAIRS, FINAL, 20, rule="difficulty")

@@ -1,0 +1,240 @@
+"""The curriculum lab: a timeline figure, an interactive curriculum editor, and schedule comparisons.
+
+    fig = timeline_figure(curriculum)              # a Gantt-style picture of any curriculum
+    editor = CurriculumEditor(pairs, final, total_epochs=20, critical_end=10)
+    editor                                          # sliders + dropdown + live timeline
+    editor.curriculum                               # the edited schedule, a Curriculum
+
+`compare_curricula` trains one student per schedule from the same initialisation and
+records per-term loss curves and retrieval mAP; `comparison_figure` draws the result.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import ipywidgets as widgets
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+from torch import nn
+
+from ..curriculum import Curriculum, CurriculumError, CurriculumObjective, Pair, Phase, Term
+from ..data import Loader, Split
+from ..metrics import evaluate_retrieval
+from ..train import Callback, Trainer
+
+LOSS_COLOURS = {"mse": "#1f77b4", "pkt": "#2ca02c", "kd": "#9467bd", "fitnets": "#d62728"}
+CRITICAL_FILL = "rgba(255, 160, 0, 0.15)"
+
+
+def _label(term: Term, final: bool = False) -> str:
+    return f"{term.teacher} → {term.student} · {term.loss}" + (" (final)" if final else "")
+
+
+def _bar_fields(phases: Sequence[Phase], final: Term | None, final_begins: int, total_epochs: int,
+                critical_end: int | None) -> dict[str, Any]:
+    """The bar trace's data: one bar per phase (in order), then the final term."""
+    rows = [(_label(p), p.start, p.epochs, p) for p in phases]
+    if final is not None:
+        rows.append((_label(final, True), final_begins, max(total_epochs - final_begins, 0), final))
+    late = [isinstance(t, Phase) and critical_end is not None and t.end > critical_end for *_, t in rows]
+    return dict(
+        y=[r[0] for r in rows], base=[r[1] for r in rows], x=[r[2] for r in rows],
+        text=[f"w={t.weight:g}" for *_, t in rows],
+        marker=dict(color=[LOSS_COLOURS.get(t.loss, "#7f7f7f") for *_, t in rows],
+                    opacity=[0.35 + 0.65 * min(t.weight, 1.0) for *_, t in rows],
+                    line=dict(color=["#d62728" if flag else "rgba(0,0,0,0)" for flag in late], width=3)),
+        customdata=[[r[1], r[1] + r[2], t.weight] for r, (*_, t) in zip(rows, rows)],
+    )
+
+
+def _critical_layout(critical_end: int | None, total_epochs: int) -> dict[str, Any]:
+    shapes, annotations = [], []
+    if critical_end is not None:
+        shapes.append(dict(type="rect", xref="x", yref="paper", x0=0, x1=critical_end, y0=0, y1=1,
+                           fillcolor=CRITICAL_FILL, line_width=0, layer="below"))
+        annotations.append(dict(x=critical_end / 2, y=1.0, xref="x", yref="paper", yanchor="bottom",
+                                text="critical period", showarrow=False, font=dict(color="#b36b00")))
+    return dict(shapes=shapes, annotations=annotations, xaxis=dict(range=[0, total_epochs]))
+
+
+def _timeline_base(height: int) -> go.Figure:
+    fig = go.Figure(go.Bar(orientation="h", textposition="inside", insidetextanchor="middle",
+                           hovertemplate="%{y}<br>epochs %{customdata[0]}-%{customdata[1]} (end excluded)"
+                                         "<br>weight %{customdata[2]}<extra></extra>"))
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=50, b=40), showlegend=False, bargap=0.3,
+                      xaxis_title="epoch", yaxis=dict(autorange="reversed", type="category"))
+    return fig
+
+
+def timeline_figure(curriculum: Curriculum, title: str = "curriculum", height: int | None = None) -> go.Figure:
+    """A Gantt-style figure of a curriculum: one bar per phase and one for the final term, colour = loss,
+    opacity = weight, the critical period shaded, phases that run past it outlined in red."""
+    c = curriculum
+    fig = _timeline_base(height or 120 + 40 * (len(c.phases) + 1))
+    fig.update_traces(**_bar_fields(c.phases, c.final, c.final_begins, c.total_epochs, c.critical_end))
+    fig.update_layout(title=title, **_critical_layout(c.critical_end, c.total_epochs))
+    return fig
+
+
+class CurriculumEditor:
+    """Sliders per layer pair (start epoch, length, weight), a rule dropdown and a live timeline.
+
+    Choosing a rule ('paper', 'difficulty' when scores are given, 'all-at-once') sets the sliders;
+    moving them edits the schedule by hand. A length of 0 leaves the layer out. `curriculum`
+    is the edited schedule; when the sliders describe an invalid one it raises CurriculumError
+    with the problems, which the editor also shows under the timeline.
+    """
+
+    def __init__(self, pairs: Sequence[Pair], final: Term | None, total_epochs: int,
+                 critical_end: int | None = None, difficulty: Sequence[float] | None = None, a: int = 2,
+                 budget: int | None = None, loss: str = "mse", rule: str = "paper") -> None:
+        self.pairs, self.final, self.total_epochs, self.loss = list(pairs), final, total_epochs, loss
+        self.a, self.difficulty = a, list(difficulty) if difficulty is not None else None
+        self.budget = budget if budget is not None else sum(a + k for k in range(1, len(self.pairs) + 1))
+        rules = ["paper", *(["difficulty"] if self.difficulty is not None else []), "all-at-once"]
+        if rule not in rules:
+            raise ValueError(f"Unknown rule {rule!r}; choose one of {rules}"
+                             + ("" if self.difficulty is not None else " (pass `difficulty` scores for 'difficulty')")
+                             + ".")
+        style, layout = {"description_width": "60px"}, widgets.Layout(width="260px")
+        self.rule = widgets.Dropdown(options=rules, value=rule, description="rule", style=style)
+        self.critical = widgets.IntSlider(critical_end or 0, 0, total_epochs, description="critical",
+                                          style=style, layout=layout,
+                                          tooltip="end of the critical period (0 = none)")
+        self.rows = [(widgets.IntSlider(0, 0, total_epochs - 1, description="start", style=style, layout=layout),
+                      widgets.IntSlider(1, 0, total_epochs, description="epochs", style=style, layout=layout),
+                      widgets.FloatSlider(1.0, min=0.0, max=2.0, step=0.1, description="weight", style=style,
+                                          layout=layout))
+                     for _ in self.pairs]
+        self.status = widgets.HTML()
+        self.figure = go.FigureWidget(_timeline_base(140 + 40 * (len(self.pairs) + 1)))
+        self._applying = False
+        self._set_rule()
+        self.rule.observe(lambda _: self._set_rule(), names="value")
+        for slider in [self.critical, *(s for row in self.rows for s in row)]:
+            slider.observe(lambda _: self._edited(), names="value")
+        labels = [widgets.Label(f"{t} → {s}", layout=widgets.Layout(width="150px")) for t, s in self.pairs]
+        self.widget = widgets.VBox([widgets.HBox([self.rule, self.critical]),
+                                    *[widgets.HBox([label, *row]) for label, row in zip(labels, self.rows)],
+                                    self.figure, self.status])
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def rule_curriculum(self, rule: str) -> Curriculum:
+        """The schedule a rule gives for this editor's layers, budget and training length."""
+        common = dict(final=self.final, total_epochs=self.total_epochs, loss=self.loss)
+        if rule == "paper":
+            return Curriculum.paper(self.pairs, a=self.a, **common)
+        if rule == "difficulty" and self.difficulty is not None:
+            return Curriculum.from_difficulty(self.pairs, self.difficulty, self.budget, **common)
+        if rule == "all-at-once":
+            return Curriculum.all_at_once(self.pairs, self.budget, **common)
+        raise ValueError(f"Unknown rule {rule!r}; choose one of {list(self.rule.options)}.")
+
+    def set_curriculum(self, curriculum: Curriculum) -> None:
+        """Move the sliders to `curriculum`'s phases (matched to this editor's layer pairs by position)."""
+        by_pair = {(p.teacher, p.student): p for p in curriculum.phases}
+        self._applying = True
+        try:
+            for pair, (start, length, weight) in zip(self.pairs, self.rows):
+                phase = by_pair.get(pair)
+                start.value, length.value = (phase.start, phase.epochs) if phase else (0, 0)
+                weight.value = phase.weight if phase else 1.0
+        finally:
+            self._applying = False
+        self._edited()
+
+    def _set_rule(self) -> None:
+        self.set_curriculum(self.rule_curriculum(self.rule.value))
+
+    def phases(self) -> list[Phase]:
+        """The phases the sliders describe (layers with length 0 left out), in layer order."""
+        return [Phase(t, s, self.loss, round(w.value, 3), start=start.value, epochs=length.value)
+                for (t, s), (start, length, w) in zip(self.pairs, self.rows) if length.value > 0]
+
+    @property
+    def curriculum(self) -> Curriculum:
+        """The edited schedule (raises CurriculumError, with what to change, if it is not valid)."""
+        return Curriculum(tuple(self.phases()), self.final, self.total_epochs, critical_end=self.critical.value or None)
+
+    def _edited(self) -> None:
+        if self._applying:
+            return
+        phases, critical = self.phases(), self.critical.value or None
+        final_begins = max((p.end for p in phases), default=0)
+        try:
+            current = self.curriculum
+            late = current.outside_critical()
+            note = (f"<span style='color:#b36b00'>{len(late)} phase(s) run past the critical period "
+                    f"(outlined in red).</span>" if late else "")
+            self.status.value = f"<b style='color:#2ca02c'>valid</b> {note}"
+        except CurriculumError as exc:
+            items = "".join(f"<li>{line.strip()[2:]}</li>" for line in str(exc).splitlines()[1:])
+            self.status.value = f"<b style='color:#d62728'>not runnable:</b><ul>{items}</ul>"
+        with self.figure.batch_update():
+            self.figure.data[0].update(**_bar_fields(phases, self.final, final_begins, self.total_epochs, critical))
+            self.figure.update_layout(**_critical_layout(critical, self.total_epochs))
+
+
+class _EpochTerms(Callback):
+    """Collects the per-epoch mean of every logged term (the trainer's epoch logs)."""
+
+    def __init__(self) -> None:
+        self.epochs: list[dict[str, float]] = []
+
+    def on_epoch_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        self.epochs.append({k: float(v) for k, v in logs.items() if "/" in k or k == "loss"})
+
+
+def train_with_curriculum(curriculum: Curriculum, teacher: nn.Module, student: nn.Module, train: Split,
+                          batch_size: int = 128, lr: float = 1e-3, lr_schedule: Mapping[int, float] | None = None,
+                          seed: int = 0, callbacks: Sequence[Callback] = (), progress: bool = False,
+                          device: str | None = "cpu") -> list[dict[str, float]]:
+    """Train `student` (in place) with the curriculum's terms only (no cross-entropy, as in the paper);
+    return the per-epoch mean of every term. Batches drop the remainder so PKT never sees one sample."""
+    record = _EpochTerms()
+    trainer = Trainer(student, objective=CurriculumObjective(curriculum, teacher, student, example=train.x[:2]),
+                      lr=lr, lr_schedule=dict(lr_schedule or {}), callbacks=[record, *callbacks],
+                      progress=progress, seed=seed, device=device)
+    trainer.fit(Loader(train, batch_size, shuffle=True, seed=seed, drop_last=True), curriculum.total_epochs)
+    return record.epochs
+
+
+def compare_curricula(curricula: Mapping[str, Curriculum], teacher: nn.Module,
+                      make_student: Callable[[], nn.Module], train: Split, test: Split,
+                      **train_kwargs: Any) -> dict[str, dict[str, Any]]:
+    """Train one student per curriculum (each from `make_student()`, so seed it for the same init) and
+    evaluate retrieval (queries = `test`, database = `train`, penultimate features). JSON-ready."""
+    out = {}
+    for name, curriculum in curricula.items():
+        student = make_student()
+        curves = train_with_curriculum(curriculum, teacher, student, train, **train_kwargs)
+        out[name] = {"curriculum": curriculum.to_dict(), "epochs": curves,
+                     "retrieval": evaluate_retrieval(student, test, train, device="cpu")}
+    return out
+
+
+def comparison_figure(results: Mapping[str, Mapping[str, Any]], metric: str = "map_11pt",
+                      distance: str = "euclidean") -> go.Figure:
+    """Per-term loss curves of each schedule (one panel per schedule, log scale) and the final
+    retrieval `metric` (in %) of each, from `compare_curricula`'s result."""
+    names = list(results)
+    fig = make_subplots(rows=1, cols=len(names) + 1, shared_yaxes=False,
+                        subplot_titles=[*names, f"retrieval {metric} ({distance[0]}) %"])
+    terms = sorted({k for r in results.values() for e in r["epochs"] for k in e if k != "loss"})
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
+    colour = {k: palette[i % len(palette)] for i, k in enumerate(terms)}
+    for col, name in enumerate(names, start=1):
+        epochs = results[name]["epochs"]
+        for term in terms:
+            xs = [i + 1 for i, e in enumerate(epochs) if term in e]
+            fig.add_scatter(x=xs, y=[epochs[i - 1][term] for i in xs], mode="lines+markers", name=term,
+                            legendgroup=term, showlegend=col == 1, line_color=colour[term], row=1, col=col)
+        fig.update_xaxes(title_text="epoch", row=1, col=col)
+        fig.update_yaxes(type="log", row=1, col=col)
+    values = [100 * results[n]["retrieval"][distance][metric] for n in names]
+    fig.add_bar(x=names, y=values, text=[f"{v:.2f}" for v in values], marker_color="#7f7f7f", showlegend=False,
+                row=1, col=len(names) + 1)
+    fig.update_layout(height=360, margin=dict(t=60, b=40), legend=dict(orientation="h", y=-0.2))
+    return fig
