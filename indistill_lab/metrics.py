@@ -152,6 +152,9 @@ def _check_retrieval_inputs(query_feats: torch.Tensor, query_labels: torch.Tenso
                              "pass one label per feature row.")
         if len(feats) == 0:
             raise ValueError(f"The {name} set is empty; retrieval needs at least one {name} item.")
+        if not torch.isfinite(feats).all():
+            raise ValueError(f"The {name} features contain NaN or infinite values (a diverged model?); "
+                             "retrieval needs finite features.")
     if query_feats.shape[1] != db_feats.shape[1]:
         raise ValueError(f"Query and database features differ in dimension ({query_feats.shape[1]} vs "
                          f"{db_feats.shape[1]}); embed both with the same model.")

@@ -137,6 +137,7 @@ def test_matches_brute_force_reference_and_chunking_does_not_matter() -> None:
     ({"db_feats": torch.zeros(6, 2)}, "differ in dimension"),
     ({"query_labels": torch.tensor([0, 5])}, "no item in the database"),
     ({"chunk_size": 0}, "chunk_size"),
+    ({"db_feats": torch.tensor([[1.0], [float("nan")], [3.0], [4.0], [5.0], [6.0]])}, "NaN or infinite"),
 ])
 def test_bad_input_errors(kwargs: dict, message: str) -> None:
     args = {"query_feats": HAND_Q_X, "query_labels": HAND_Q_Y, "db_feats": HAND_DB_X, "db_labels": HAND_DB_Y,
