@@ -185,3 +185,26 @@ def test_editor_sliders_rules_and_timeline():
     assert fig.data[0].x == (3, 4, 5, 8) and fig.layout.shapes[0].x1 == 10
     with pytest.raises(ValueError, match="pass `difficulty` scores"):
         CurriculumEditor(PAIRS, FINAL, 20, rule="difficulty")
+
+
+def test_compare_curricula_records_terms_and_retrieval_and_view_browses_them():
+    from indistill_lab.viz.curriculum import ComparisonView, compare_curricula
+
+    teacher = build_model("student")
+    runs = {"paper": Curriculum.sequential(PAIRS[:1], [1], FINAL, 2),
+            "together": Curriculum.all_at_once(PAIRS[:2], 1, FINAL, 2)}
+    split = _tiny_split(64)
+    results = compare_curricula(runs, teacher, lambda: build_model("student"), split, split, top_k=10, batch_size=32)
+    assert [sorted(e) for e in results["paper"]["epochs"]] == [["loss", "mse/stage1"], ["loss", "pkt/act_fc1"]]
+    assert sorted(results["together"]["epochs"][0]) == ["loss", "mse/stage1", "mse/stage2"]
+    assert Curriculum.from_dict(results["paper"]["curriculum"]) == runs["paper"]
+    assert 0 <= results["paper"]["retrieval"]["cosine"]["map_11pt"] <= 1
+    view = ComparisonView(results)
+    assert view.figure.data[0].x == ("paper", "together")
+    assert view.figure.data[0].y[1] == pytest.approx(100 * results["together"]["retrieval"]["euclidean"]["map_11pt"])
+    view.metric.value = "precision_at_10"
+    assert view.figure.data[0].y[0] == pytest.approx(100 * results["paper"]["retrieval"]["euclidean"]["precision_at_10"])
+    view.add("mine", results["paper"])
+    assert view.schedule.value == "mine" and len(view.figure.data[0].x) == 3
+    curve = {t.name: t for t in view.figure.data[1:]}
+    assert curve["mse/stage1"].x == (1,) and curve["pkt/act_fc1"].x == (2,) and curve["mse/stage2"].x == ()

@@ -6,7 +6,7 @@
     editor.curriculum                               # the edited schedule, a Curriculum
 
 `compare_curricula` trains one student per schedule from the same initialisation and
-records per-term loss curves and retrieval mAP; `comparison_figure` draws the result.
+records per-term loss curves and retrieval mAP; `ComparisonView` browses the result.
 """
 from __future__ import annotations
 
@@ -202,7 +202,7 @@ def train_with_curriculum(curriculum: Curriculum, teacher: nn.Module, student: n
 
 
 def compare_curricula(curricula: Mapping[str, Curriculum], teacher: nn.Module,
-                      make_student: Callable[[], nn.Module], train: Split, test: Split,
+                      make_student: Callable[[], nn.Module], train: Split, test: Split, top_k: int = 100,
                       **train_kwargs: Any) -> dict[str, dict[str, Any]]:
     """Train one student per curriculum (each from `make_student()`, so seed it for the same init) and
     evaluate retrieval (queries = `test`, database = `train`, penultimate features). JSON-ready."""
@@ -211,30 +211,59 @@ def compare_curricula(curricula: Mapping[str, Curriculum], teacher: nn.Module,
         student = make_student()
         curves = train_with_curriculum(curriculum, teacher, student, train, **train_kwargs)
         out[name] = {"curriculum": curriculum.to_dict(), "epochs": curves,
-                     "retrieval": evaluate_retrieval(student, test, train, device="cpu")}
+                     "retrieval": evaluate_retrieval(student, test, train, top_k=top_k, device="cpu")}
     return out
 
 
-def comparison_figure(results: Mapping[str, Mapping[str, Any]], metric: str = "map_11pt",
-                      distance: str = "euclidean") -> go.Figure:
-    """Per-term loss curves of each schedule (one panel per schedule, log scale) and the final
-    retrieval `metric` (in %) of each, from `compare_curricula`'s result."""
-    names = list(results)
-    fig = make_subplots(rows=1, cols=len(names) + 1, shared_yaxes=False,
-                        subplot_titles=[*names, f"retrieval {metric} ({distance[0]}) %"])
-    terms = sorted({k for r in results.values() for e in r["epochs"] for k in e if k != "loss"})
-    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
-    colour = {k: palette[i % len(palette)] for i, k in enumerate(terms)}
-    for col, name in enumerate(names, start=1):
-        epochs = results[name]["epochs"]
-        for term in terms:
-            xs = [i + 1 for i, e in enumerate(epochs) if term in e]
-            fig.add_scatter(x=xs, y=[epochs[i - 1][term] for i in xs], mode="lines+markers", name=term,
-                            legendgroup=term, showlegend=col == 1, line_color=colour[term], row=1, col=col)
-        fig.update_xaxes(title_text="epoch", row=1, col=col)
-        fig.update_yaxes(type="log", row=1, col=col)
-    values = [100 * results[n]["retrieval"][distance][metric] for n in names]
-    fig.add_bar(x=names, y=values, text=[f"{v:.2f}" for v in values], marker_color="#7f7f7f", showlegend=False,
-                row=1, col=len(names) + 1)
-    fig.update_layout(height=360, margin=dict(t=60, b=40), legend=dict(orientation="h", y=-0.2))
-    return fig
+class ComparisonView:
+    """Browse `compare_curricula` results: per-term loss curves of one schedule (dropdown) beside the final
+    retrieval score of every schedule (metric and distance dropdowns). `add` puts a new run in."""
+
+    def __init__(self, results: Mapping[str, Mapping[str, Any]]) -> None:
+        if not results:
+            raise ValueError("ComparisonView needs at least one result from compare_curricula.")
+        self.results = dict(results)
+        self.schedule = widgets.Dropdown(options=list(self.results), description="curves of")
+        metrics = list(next(iter(self.results.values()))["retrieval"]["euclidean"])
+        self.metric = widgets.Dropdown(options=metrics, value="map_11pt", description="metric")
+        self.distance = widgets.Dropdown(options=("euclidean", "cosine"), description="distance")
+        self.figure = go.FigureWidget(make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4],
+                                                    subplot_titles=("loss terms per epoch (log)", "retrieval (%)")))
+        self.figure.add_bar(x=[], y=[], marker_color="#7f7f7f", textposition="outside", showlegend=False,
+                            row=1, col=2)
+        self.figure.update_xaxes(title_text="epoch", row=1, col=1)
+        self.figure.update_yaxes(type="log", row=1, col=1)
+        self.figure.update_layout(height=380, margin=dict(t=50, b=40), legend=dict(orientation="h", y=-0.25))
+        for control in (self.schedule, self.metric, self.distance):
+            control.observe(lambda _: self.redraw(), names="value")
+        self.widget = widgets.VBox([widgets.HBox([self.schedule, self.metric, self.distance]), self.figure])
+        self.redraw()
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def add(self, name: str, result: Mapping[str, Any]) -> None:
+        """Add (or replace) one schedule's result and show its curves."""
+        self.results[name] = result
+        self.schedule.options = list(self.results)
+        self.schedule.value = name
+        self.redraw()
+
+    def _curve(self, term: str) -> Any:
+        for trace in self.figure.data[1:]:
+            if trace.name == term:
+                return trace
+        self.figure.add_scatter(x=[], y=[], name=term, mode="lines+markers", row=1, col=1)
+        return self.figure.data[-1]
+
+    def redraw(self) -> None:
+        epochs = self.results[self.schedule.value]["epochs"]
+        terms = sorted({k for r in self.results.values() for e in r["epochs"] for k in e if k != "loss"})
+        names = list(self.results)
+        scores = [100 * self.results[n]["retrieval"][self.distance.value][self.metric.value] for n in names]
+        with self.figure.batch_update():
+            for term in terms:
+                xs = [i + 1 for i, e in enumerate(epochs) if term in e]
+                self._curve(term).update(x=xs, y=[epochs[i - 1][term] for i in xs])
+            self.figure.data[0].update(x=names, y=scores, text=[f"{v:.2f}" for v in scores])
+            self.figure.layout.annotations[1].text = f"retrieval {self.metric.value} ({self.distance.value}) %"
