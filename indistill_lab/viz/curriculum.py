@@ -190,7 +190,7 @@ class _EpochTerms(Callback):
 def train_with_curriculum(curriculum: Curriculum, teacher: nn.Module, student: nn.Module, train: Split,
                           batch_size: int = 128, lr: float = 1e-3, lr_schedule: Mapping[int, float] | None = None,
                           seed: int = 0, callbacks: Sequence[Callback] = (), progress: bool = False,
-                          device: str | None = "cpu") -> list[dict[str, float]]:
+                          device: str | None = None) -> list[dict[str, float]]:
     """Train `student` (in place) with the curriculum's terms only (no cross-entropy, as in the paper);
     return the per-epoch mean of every term. Batches drop the remainder so PKT never sees one sample."""
     record = _EpochTerms()
@@ -211,7 +211,8 @@ def compare_curricula(curricula: Mapping[str, Curriculum], teacher: nn.Module,
         student = make_student()
         curves = train_with_curriculum(curriculum, teacher, student, train, **train_kwargs)
         out[name] = {"curriculum": curriculum.to_dict(), "epochs": curves,
-                     "retrieval": evaluate_retrieval(student, test, train, top_k=top_k, device="cpu")}
+                     "retrieval": evaluate_retrieval(student, test, train, top_k=top_k,
+                                                         device=train_kwargs.get("device"))}
     return out
 
 
