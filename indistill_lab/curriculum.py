@@ -145,6 +145,9 @@ class Curriculum:
                 out.append(f"{name}: weight {t.weight} is negative; use a weight >= 0 (0 switches the term off).")
         for i, p in enumerate(self.phases):
             name = self._describe(i, p)
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in (p.start, p.epochs)):
+                out.append(f"{name}: start {p.start!r} and length {p.epochs!r} must be whole numbers of epochs.")
+                continue
             if p.epochs <= 0:
                 out.append(f"{name}: length {p.epochs} epochs; give it at least 1 epoch or remove the phase.")
             if p.start < 0:

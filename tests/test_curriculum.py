@@ -63,6 +63,7 @@ def test_all_at_once_control_and_by_hand():
     (dict(phases=(), critical_end=11), r"critical_end is 11; it must lie in 1..total_epochs"),
     (dict(phases=(Phase("act_fc1", "act_fc1", "pkt", epochs=3),), final_start=0), r"share the name"),
     (dict(phases=(), total_epochs=0), r"total_epochs is 0"),
+    (dict(phases=(Phase("stage1", "stage1", epochs=2.5),)), r"must be whole numbers of epochs"),
 ])
 def test_validation_messages(kwargs, message):
     args = dict(final=FINAL, total_epochs=10) | kwargs
