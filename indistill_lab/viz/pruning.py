@@ -137,8 +137,9 @@ class SweepExplorer:
         with self.figure.batch_update():
             for trace in self.figure.data:
                 key = trace.meta
-                if key is None:
-                    trace.z = _kept_matrix(row["kept"], self.widths)
+                if key is None:  # the widget protocol is JSON: NaN (past a layer's width) becomes None
+                    z = _kept_matrix(row["kept"], self.widths)
+                    trace.z = np.where(np.isnan(z), None, z).tolist()
                 elif key.endswith("_now"):
                     base = key[:-4]
                     trace.x, trace.y = [row["r"]] * 2, [row[base], row.get(base + "_ft")]
