@@ -1,6 +1,8 @@
 """Pruning: criteria against hand computations, exact widths, hard == soft, torchvision models, errors."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torchvision
@@ -191,3 +193,11 @@ def test_widths_for_ratio_and_its_errors() -> None:
     assert widths_for_ratio(model, [0.0, 0.25, 0.99]) == [16, 24, 1]
     with pytest.raises(ValueError, match="in \\[0, 1\\)"):
         widths_for_ratio(model, 1.0)
+
+
+def test_surviving_channel_matrix_by_hand() -> None:
+    from indistill_lab.viz.pruning import _kept_matrix
+
+    z = _kept_matrix({"a": [0, 2]}, {"a": 3, "b": 2})  # "b" unpruned: all kept; past its width: NaN
+    assert z[0].tolist() == [1.0, 0.0, 1.0]
+    assert z[1, :2].tolist() == [1.0, 1.0] and math.isnan(z[1, 2])
