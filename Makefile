@@ -1,0 +1,46 @@
+# The two commands of the README:
+#   make lab    set up (once) and open the course in JupyterLab
+#   make test   set up (once), then every unit test and every notebook (nbval, quick mode)
+SHELL := /bin/bash
+PY_SYS ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# The torch release this project is tested with; installed first so that no other torch is fetched.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+FIRST_NOTEBOOK := notebooks/01_data_models_and_retrieval.ipynb
+# Open a browser only where there is a display; on a server JupyterLab prints the URL to open.
+LAB_FLAGS ?= $(if $(or $(DISPLAY),$(filter Darwin,$(shell uname -s))),,--no-browser) $(if $(filter 0,$(shell id -u)),--allow-root,) --ServerApp.ip=127.0.0.1
+DEBIAN_FASHION := /usr/share/datasets/fashion-mnist
+RAW_FASHION := data/FashionMNIST/raw/train-images-idx3-ubyte
+
+.PHONY: lab test setup data clean-venv
+.DEFAULT_GOAL := lab
+
+# Reinstalled only when pyproject.toml changes (the stamp is newer otherwise).
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PY_SYS) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e '.[dev]' $(TORCH_SPEC)
+	touch $@
+
+setup: $(VENV)/.installed
+
+# Fashion-MNIST offline: the raw folder, else Debian's package (installed here when apt-get is
+# usable as root), else torchvision's download; `python -m indistill_lab data` says which.
+data: setup
+	@if [ ! -f $(RAW_FASHION) ] && [ ! -d $(DEBIAN_FASHION) ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -q && apt-get install -y -q dataset-fashion-mnist || echo "apt-get failed: falling back to the download"; fi
+	$(PY) -m indistill_lab data
+
+lab: data
+	$(VENV)/bin/jupyter lab $(LAB_FLAGS) $(FIRST_NOTEBOOK)
+
+# pytest exits 5 when it collected no test: that is reported, not treated as a failure.
+test: data
+	INDISTILL_QUICK=1 $(PY) -m pytest -q --nbval-lax --nbval-current-env \
+		--nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider tests notebooks; \
+	rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""Plotly figures and ipywidgets controls the notebooks compose, one module per topic."""

@@ -1,0 +1,161 @@
+"""The model zoo: small pretrained checkpoints shipped in `data/zoo/`, and the command that rebuilds them.
+
+    model = zoo.load("student")          # ready, eval mode
+    python -m indistill_lab zoo build    # retrain teacher, auxiliary and student from seed 0
+
+`data/zoo/manifest.json` records, per model, the command, seed, epochs, test accuracy,
+retrieval mAP (e, c) and the checkpoint's sha256; `load` refuses a file whose hash differs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import REPO_ROOT, default_device
+from .data import Loader, load_split
+from .metrics import accuracy
+from .models import build_model, model_from_config
+from .train import Trainer, save_checkpoint
+
+ZOO_DIR = REPO_ROOT / "data" / "zoo"
+SEED = 0
+# Cross-entropy recipes: Adam 1e-3, dropped to 1e-4 for the last epochs (the paper's pattern), batch 128.
+RECIPES: dict[str, dict[str, Any]] = {
+    "student": {"model": "student", "epochs": 10, "lr_schedule": {8: 1e-4}},
+    "auxiliary": {"model": "auxiliary", "epochs": 10, "lr_schedule": {8: 1e-4}},
+    "teacher": {"model": "teacher", "epochs": 6, "lr_schedule": {5: 1e-4}},
+}
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def read_manifest(zoo_dir: Path = ZOO_DIR) -> dict[str, Any]:
+    """The manifest as a dict ({"models": {}} when nothing has been built)."""
+    path = Path(zoo_dir) / "manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else {"models": {}}
+
+
+def _record(zoo_dir: Path, name: str, fields: dict[str, Any]) -> None:
+    """Update one model's manifest entry (read-modify-write, so parallel builds keep each other's entries)."""
+    manifest = read_manifest(zoo_dir)
+    manifest["models"].setdefault(name, {}).update(fields)
+    path = Path(zoo_dir) / "manifest.json"
+    tmp = path.with_name(f"manifest.json.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def available(zoo_dir: Path = ZOO_DIR) -> list[str]:
+    """Names of the models the zoo holds."""
+    return sorted(read_manifest(zoo_dir)["models"])
+
+
+def save_model(model: nn.Module, path: Path | str) -> str:
+    """Save architecture config + weights atomically; return the file's sha256."""
+    path = Path(path)
+    save_checkpoint(path, {"config": model.config(), "state_dict": model.state_dict()})
+    return _sha256(path)
+
+
+def load_file(path: Path | str, device: torch.device | str = "cpu") -> nn.Module:
+    """Rebuild a model saved by `save_model`, in eval mode."""
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    model = model_from_config(ckpt["config"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device).eval()
+
+
+def load(name: str, zoo_dir: Path = ZOO_DIR, device: torch.device | str = "cpu") -> nn.Module:
+    """A shipped model, ready to use (eval mode). Verifies the checkpoint's sha256 first."""
+    models = read_manifest(zoo_dir)["models"]
+    if name not in models:
+        known = ", ".join(models) or "none (run `python -m indistill_lab zoo build`)"
+        raise KeyError(f"No model {name!r} in the zoo at {zoo_dir}. Available: {known}.")
+    entry = models[name]
+    path = Path(zoo_dir) / entry["file"]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is listed in the manifest but missing: restore it with git "
+                                f"(`git checkout -- {path}`) or rebuild with `python -m indistill_lab zoo build`.")
+    if _sha256(path) != entry["sha256"]:
+        raise ValueError(f"{path} does not match the sha256 in the manifest: the file was changed. "
+                         "Restore it with git or rebuild the zoo.")
+    return load_file(path, device)
+
+
+def evaluate(model: nn.Module, dataset: str = "fashion-mnist", retrieval: bool = True) -> dict[str, float]:
+    """Full test-set accuracy and (optionally) retrieval mAP/top-100 on the full dataset, in percent."""
+    test = load_split(dataset, "test", quick=False)
+    out = {"test_accuracy": round(100 * accuracy(model, Loader(test, 1000, shuffle=False), "cpu"), 2)}
+    if retrieval:
+        from .metrics import evaluate_retrieval
+
+        train = load_split(dataset, "train", quick=False)
+        for key, value in evaluate_retrieval(model, test, train).items():
+            out[key] = round(100 * value, 2)
+    return out
+
+
+def build(names: list[str] | None = None, dataset: str = "fashion-mnist", zoo_dir: Path = ZOO_DIR,
+          force: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train the named models (default: all) with cross-entropy from `SEED`, save them and the manifest.
+
+    A model whose recipe already matches its manifest entry is kept unless `force`; training
+    resumes from `<name>.train.pt` if a previous build was interrupted.
+    """
+    names = names or list(RECIPES)
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown:
+        raise KeyError(f"Unknown zoo model(s) {unknown}. Known: {', '.join(RECIPES)}.")
+    zoo_dir = Path(zoo_dir)
+    sub = zoo_dir / dataset
+    sub.mkdir(parents=True, exist_ok=True)
+    manifest = read_manifest(zoo_dir)
+    train_split = load_split(dataset, "train", quick=False)
+    trained: list[str] = []
+    command = "python -m indistill_lab zoo build" + (f" --only {' '.join(names)}" if names != list(RECIPES) else "")
+    for name in names:
+        recipe = RECIPES[name]
+        entry = manifest["models"].get(name)
+        if entry and not force and entry.get("epochs") == recipe["epochs"] and (zoo_dir / entry["file"]).is_file():
+            print(f"{name}: already built, kept (use --force to retrain)")
+            continue
+        model = build_model(recipe["model"], dataset)
+        trainer = Trainer(model, lr=1e-3, lr_schedule=recipe["lr_schedule"], device=default_device(),
+                          checkpoint=sub / f"{name}.train.pt", progress=progress, seed=SEED)
+        trainer.resume()
+        start = time.perf_counter()
+        history = trainer.fit(Loader(train_split, 128, shuffle=True, seed=SEED), recipe["epochs"])
+        if history.stopped:
+            raise RuntimeError(f"Training {name} stopped: {history.stopped}. Nothing was overwritten.")
+        model = model.cpu().eval()
+        rel = f"{dataset}/{name}.pt"
+        sha = save_model(model, zoo_dir / rel)
+        _record(zoo_dir, name, {
+            "file": rel, "sha256": sha, "command": command, "seed": SEED, "dataset": dataset,
+            "epochs": recipe["epochs"], "lr": 1e-3, "lr_schedule": {str(k): v for k, v in recipe["lr_schedule"].items()},
+            "batch_size": 128, "optimizer": "adam", "train_seconds": round(time.perf_counter() - start, 1),
+            "torch": torch.__version__, **evaluate(model, dataset, retrieval=False),
+        })
+        (sub / f"{name}.train.pt").unlink(missing_ok=True)
+        trained.append(name)
+    # retrieval last: every checkpoint is safe on disk before the long evaluation
+    return evaluate_zoo(trained, dataset, zoo_dir)
+
+
+def evaluate_zoo(names: list[str] | None = None, dataset: str = "fashion-mnist",
+                 zoo_dir: Path = ZOO_DIR) -> dict[str, Any]:
+    """Re-measure accuracy and retrieval of shipped models (default: all) and record them in the manifest."""
+    for name in names if names is not None else available(zoo_dir):
+        _record(zoo_dir, name, evaluate(load(name, zoo_dir), dataset))
+        print(f"{name}: {read_manifest(zoo_dir)['models'][name]}", file=sys.stderr)
+    return read_manifest(zoo_dir)

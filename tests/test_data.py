@@ -1,0 +1,101 @@
+import gzip
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from indistill_lab import data
+from indistill_lab.data import (FASHION_FILES, DatasetUnavailable, Loader, crop_flip, dataset_info,
+                                ensure_fashion_mnist, load_split)
+
+DEBIAN = data.DEBIAN_FASHION_DIR
+
+
+def _fake_idx(folder: Path, n: int = 20, compress: bool = False) -> None:
+    """Write a tiny valid Fashion-MNIST in idx format (n images per split)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in FASHION_FILES:
+        if "images" in name:
+            payload = (2051).to_bytes(4, "big") + n.to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+            payload += bytes(range(256)) * (n * 784 // 256) + bytes(n * 784 % 256)
+        else:
+            payload = (2049).to_bytes(4, "big") + n.to_bytes(4, "big") + bytes(i % 10 for i in range(n))
+        if compress:
+            with gzip.open(folder / f"{name}.gz", "wb") as f:
+                f.write(payload)
+        else:
+            (folder / name).write_bytes(payload)
+
+
+def test_raw_folder_is_used_first(tmp_path):
+    _fake_idx(tmp_path / "FashionMNIST" / "raw")
+    assert ensure_fashion_mnist(tmp_path, debian_dir=tmp_path / "nope", allow_download=False) == "raw"
+    split = load_split("fashion-mnist", "train", root=tmp_path, quick=False)
+    assert split.x.shape == (20, 1, 28, 28) and split.y.tolist()[:3] == [0, 1, 2]
+
+
+def test_debian_package_is_extracted_into_raw(tmp_path):
+    _fake_idx(tmp_path / "debian", compress=True)
+    root = tmp_path / "data"
+    assert ensure_fashion_mnist(root, debian_dir=tmp_path / "debian", allow_download=False) == "debian"
+    assert all((root / "FashionMNIST" / "raw" / f).is_file() for f in FASHION_FILES)
+    # a second call finds the extracted raw files
+    assert ensure_fashion_mnist(root, debian_dir=tmp_path / "nope", allow_download=False) == "raw"
+
+
+@pytest.mark.skipif(not (DEBIAN / "train-images-idx3-ubyte.gz").is_file(), reason="Debian package not installed")
+def test_real_debian_files_load_with_torchvision(tmp_path):
+    assert ensure_fashion_mnist(tmp_path, allow_download=False) == "debian"
+    test = load_split("fashion-mnist", "test", root=tmp_path, quick=False)
+    assert len(test) == 10_000 and torch.bincount(test.y).tolist() == [1000] * 10
+
+
+def test_no_source_names_all_three_fixes(tmp_path):
+    with pytest.raises(DatasetUnavailable) as err:
+        ensure_fashion_mnist(tmp_path, debian_dir=tmp_path / "nope", allow_download=False)
+    msg = str(err.value)
+    assert "FashionMNIST/raw" in msg and "apt-get install dataset-fashion-mnist" in msg and "internet" in msg
+
+
+def test_failed_download_is_reported(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", offline)
+    with pytest.raises(DatasetUnavailable, match="ConnectionError: no network"):
+        ensure_fashion_mnist(tmp_path, debian_dir=tmp_path / "nope", allow_download=True)
+
+
+def test_quick_subset_is_deterministic_and_balanced():
+    a = load_split("fashion-mnist", "train")  # quick mode is on in tests
+    b = load_split("fashion-mnist", "train")
+    assert len(a) == data.QUICK_SIZES["train"]
+    assert torch.equal(a.y, b.y) and torch.equal(a.x, b.x)
+    counts = torch.bincount(a.y, minlength=10)
+    assert counts.min() >= counts.max() - 1 or counts.min() >= len(a) // 10 - 1
+
+
+def test_metadata_and_unknown_dataset():
+    info = dataset_info("FashionMNIST")
+    assert info.input_shape == (1, 28, 28) and info.class_names[9] == "Ankle boot"
+    with pytest.raises(KeyError, match="Known datasets: fashion-mnist, cifar10"):
+        dataset_info("mnist-3d")
+
+
+def test_loader_is_seeded_per_epoch_and_covers_everything(tiny_split):
+    loader = Loader(tiny_split, batch_size=10, seed=3)
+    first = torch.cat([y for _, y in loader])
+    loader.set_epoch(0)
+    again = torch.cat([y for _, y in loader])
+    second = torch.cat([y for _, y in loader])  # epoch 1: another order
+    assert torch.equal(first, again) and not torch.equal(first, second)
+    assert sorted(first.tolist()) == sorted(tiny_split.y.tolist()) and len(loader) == 7
+
+
+def test_crop_flip_keeps_shape_and_moves_pixels():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float).view(2, 3, 8, 8)
+    out = crop_flip(pad=2)(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and not torch.equal(out, x)

@@ -1,0 +1,98 @@
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from indistill_lab.data import Loader
+from indistill_lab.models import build_model
+from indistill_lab.train import Callback, Trainer, cross_entropy, lr_for_epoch
+
+
+def _weights(model: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def _trainer(tmp_path=None, **kw) -> Trainer:
+    torch.manual_seed(0)
+    ckpt = tmp_path / "run.pt" if tmp_path is not None else None
+    return Trainer(build_model("student"), device="cpu", progress=False, checkpoint=ckpt, seed=0, **kw)
+
+
+def test_training_is_deterministic_and_learns(tiny_split):
+    a, b = _trainer(lr=1e-2), _trainer(lr=1e-2)
+    ha = a.fit(Loader(tiny_split, 16, seed=1), 8, eval_data=Loader(tiny_split, 64, shuffle=False))
+    b.fit(Loader(tiny_split, 16, seed=1), 8)
+    assert torch.equal(_weights(a.model), _weights(b.model))
+    losses = ha.series("ce")
+    assert len(losses) == 8 and losses[-1] < losses[0]
+    assert ha.series("val_acc")[-1] > 0.3  # 10 classes, chance is 0.1
+
+
+def test_resume_continues_exactly(tmp_path, tiny_split):
+    straight = _trainer()
+    straight.fit(Loader(tiny_split, 16, seed=1), 2)
+    first = _trainer(tmp_path)
+    first.fit(Loader(tiny_split, 16, seed=1), 1)
+    resumed = _trainer(tmp_path)
+    assert resumed.resume() and resumed.epoch == 1
+    history = resumed.fit(Loader(tiny_split, 16, seed=1), 2)
+    assert len(history.epochs) == 2
+    assert torch.allclose(_weights(straight.model), _weights(resumed.model), atol=1e-6)
+
+
+def test_nan_loss_stops_and_keeps_last_good_epoch(tmp_path, tiny_split):
+    def poisoned(model, x, y, epoch):
+        terms = cross_entropy(model, x, y, epoch)
+        if epoch == 1:
+            terms["ce"] = terms["ce"] * float("nan")
+        return terms
+
+    trainer = _trainer(tmp_path, objective=poisoned)
+    with pytest.warns(UserWarning, match="non-finite loss"):
+        history = trainer.fit(Loader(tiny_split, 16, seed=1), 3)
+    assert "non-finite loss (nan) at epoch 2" in history.stopped
+    assert trainer.epoch == 1 and len(history.epochs) == 1
+    saved = torch.load(tmp_path / "run.pt", weights_only=False)
+    assert saved["epoch"] == 1
+    assert torch.equal(_weights(trainer.model), torch.cat([v.flatten() for k, v in saved["model"].items()
+                                                          if "running" not in k and "num_batches" not in k]))
+    assert torch.isfinite(_weights(trainer.model)).all()
+
+
+def test_interrupt_returns_to_last_epoch(tmp_path, tiny_split):
+    class StopMidway(Callback):
+        def on_batch_end(self, trainer, logs):
+            if trainer.epoch == 1 and trainer.step == 6:
+                raise KeyboardInterrupt
+
+    trainer = _trainer(tmp_path, callbacks=[StopMidway()])
+    with pytest.warns(UserWarning, match="interrupted during epoch 2"):
+        history = trainer.fit(Loader(tiny_split, 16, seed=1), 3)
+    assert history.stopped == "interrupted during epoch 2" and trainer.epoch == 1 and trainer.step == 4
+    assert torch.load(tmp_path / "run.pt", weights_only=False)["epoch"] == 1
+
+
+def test_lr_schedule_and_extra_parameters(tiny_split):
+    assert [lr_for_epoch({2: 1e-4, 4: 1e-5}, 1e-3, e) for e in range(5)] == [1e-3, 1e-3, 1e-4, 1e-4, 1e-5]
+
+    class WithConnector(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(1))
+
+        def trainable_parameters(self):
+            return [self.scale]
+
+        def forward(self, model, x, y, epoch):
+            return {"ce": F.cross_entropy(model(x) * self.scale, y)}
+
+    objective = WithConnector()
+    trainer = _trainer(objective=objective, lr_schedule={1: 0.0})
+    history = trainer.fit(Loader(tiny_split, 16, seed=1), 2)
+    assert objective.scale.item() != 1.0
+    assert [e["lr"] for e in history.epochs] == [1e-3, 0.0]
+
+
+def test_bad_epochs():
+    with pytest.raises(ValueError, match="epochs must be >= 0"):
+        _trainer().fit(Loader.__new__(Loader), -1)
