@@ -21,7 +21,7 @@ from torch import nn
 
 from .config import REPO_ROOT, default_device
 from .data import Loader, load_split
-from .metrics import accuracy
+from .metrics import accuracy, evaluate_retrieval
 from .models import build_model, model_from_config
 from .train import Trainer, save_checkpoint
 
@@ -93,15 +93,20 @@ def load(name: str, zoo_dir: Path = ZOO_DIR, device: torch.device | str = "cpu")
 
 
 def evaluate(model: nn.Module, dataset: str = "fashion-mnist", retrieval: bool = True) -> dict[str, float]:
-    """Full test-set accuracy and (optionally) retrieval mAP/top-100 on the full dataset, in percent."""
+    """Full test-set accuracy and (optionally) retrieval on the full dataset, in percent.
+
+    Retrieval keys: `map_e`/`map_c` (11-point interpolated mAP, the InDistill tables' metric),
+    `map_std_e`/`map_std_c` (non-interpolated mAP) and `top100_e`/`top100_c` (precision@100),
+    with queries = test set and database = train set.
+    """
     test = load_split(dataset, "test", quick=False)
     out = {"test_accuracy": round(100 * accuracy(model, Loader(test, 1000, shuffle=False), "cpu"), 2)}
     if retrieval:
-        from .metrics import evaluate_retrieval
-
         train = load_split(dataset, "train", quick=False)
-        for key, value in evaluate_retrieval(model, test, train).items():
-            out[key] = round(100 * value, 2)
+        for distance, m in evaluate_retrieval(model, test, train, device="cpu").items():
+            d = distance[0]
+            out.update({f"map_{d}": round(100 * m["map_11pt"], 2), f"map_std_{d}": round(100 * m["map"], 2),
+                        f"top100_{d}": round(100 * m["precision_at_100"], 2)})
     return out
 
 
