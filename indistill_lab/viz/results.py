@@ -1,0 +1,92 @@
+"""Figures of the reproduced results table: a static PNG for the README and a widget to choose the
+metric and the distance in notebook 07."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import ipywidgets as widgets
+import plotly.graph_objects as go
+
+METRICS = {"mAP (11-point)": "map", "mAP (standard)": "map_std", "top-100 precision": "top100"}
+DISTANCES = {"euclidean": "e", "cosine": "c"}
+
+
+def results_png(summary: Sequence[Mapping[str, Any]], path: Path | str, title: str = "") -> None:
+    """Grouped bars of mAP (e) and mAP (c) per method with std error bars (matplotlib, no browser needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [s["method"] for s in summary]
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    width = 0.38
+    for i, (label, key) in enumerate((("euclidean", "map_e"), ("cosine", "map_c"))):
+        xs = [j + (i - 0.5) * width for j in range(len(names))]
+        means = [s[key][0] for s in summary]
+        ax.bar(xs, means, width, yerr=[s[key][1] for s in summary], capsize=3, label=f"mAP ({label})")
+    low = min(min(s["map_e"][0], s["map_c"][0]) for s in summary)
+    high = max(max(s["map_e"][0], s["map_c"][0]) for s in summary)
+    ax.set_ylim(max(0.0, low - 5), min(100.0, high + 3))
+    ax.set_xticks(range(len(names)), names, rotation=25, ha="right")
+    ax.set_ylabel("mAP (%)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="lower right")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+class ResultsExplorer:
+    """Widget over result rows (one per method and seed): pick the metric and the distance; bars show the
+    mean over seeds with the std as error bars, dots show each seed."""
+
+    def __init__(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        if not rows:
+            raise ValueError("ResultsExplorer needs result rows: run `python -m indistill_lab reproduce` first.")
+        self.rows = list(rows)
+        self.methods = list(dict.fromkeys(r["method"] for r in self.rows))
+        self.metric = widgets.Dropdown(options=list(METRICS), description="metric")
+        self.distance = widgets.ToggleButtons(options=list(DISTANCES), description="distance")
+        self.figure = go.FigureWidget()
+        self.figure.add_bar(x=self.methods, y=[0] * len(self.methods), name="mean over seeds",
+                            error_y=dict(type="data", array=[0] * len(self.methods)))
+        self.figure.add_scatter(x=[], y=[], mode="markers", name="one seed", marker=dict(color="black", size=6))
+        self.figure.update_layout(height=380, margin=dict(t=50, b=90), yaxis_title="%")
+        for control in (self.metric, self.distance):
+            control.observe(lambda _change: self.update(), names="value")
+        self.update()
+
+    def column(self) -> str:
+        """The result column the controls select, e.g. 'map_e'."""
+        return f"{METRICS[self.metric.value]}_{DISTANCES[self.distance.value]}"
+
+    def values(self, method: str) -> list[float]:
+        return [float(r[self.column()]) for r in self.rows if r["method"] == method]
+
+    def update(self) -> None:
+        means, stds, xs, ys = [], [], [], []
+        for m in self.methods:
+            vals = self.values(m)
+            mean = sum(vals) / len(vals)
+            means.append(mean)
+            stds.append((sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else 0.0)
+            xs += [m] * len(vals)
+            ys += vals
+        low, high = min(ys), max(ys)
+        with self.figure.batch_update():
+            self.figure.data[0].y, self.figure.data[0].error_y.array = means, stds
+            self.figure.data[1].x, self.figure.data[1].y = xs, ys
+            self.figure.layout.title = f"{self.metric.value}, {self.distance.value} distance"
+            self.figure.layout.yaxis.range = [max(0, low - 3), min(100, high + 2)]
+
+    @property
+    def widget(self) -> widgets.Widget:
+        return widgets.VBox([widgets.HBox([self.metric, self.distance]), self.figure])
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
