@@ -1,4 +1,5 @@
-"""Command line: `python -m indistill_lab data` (make Fashion-MNIST available), `zoo build|evaluate|list`."""
+"""Command line: `python -m indistill_lab data` (make Fashion-MNIST available), `zoo build|evaluate|list`,
+`reproduce` (every InDistill method and baseline over seeds -> results/<dataset>.csv, .md, .png)."""
 from __future__ import annotations
 
 import argparse
@@ -19,6 +20,18 @@ def main(argv: list[str] | None = None) -> int:
     zp.add_argument("--only", nargs="+", metavar="NAME", help=f"models to build (default all: {', '.join(zoo.RECIPES)})")
     zp.add_argument("--force", action="store_true", help="retrain models that are already built")
     zp.add_argument("--dataset", default="fashion-mnist")
+    rp = sub.add_parser("reproduce", help="run InDistill and every baseline over seeds; write the results table")
+    rp.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "cifar10"])
+    rp.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
+    rp.add_argument("--paper", action="store_true",
+                    help="the paper's 70-epoch protocol (a=2, full passes, lr 1e-4 from epoch 60); CIFAR-10 always uses it")
+    rp.add_argument("--epochs", type=int, help="total epochs per run (default: 15, or 70 with --paper)")
+    rp.add_argument("--a", type=int, help="curriculum constant: layer k for a + k epochs (default 0, or 2 with --paper)")
+    rp.add_argument("--epoch-size", type=int, help="examples per epoch, 0 = full pass (default 12000, or 0 with --paper)")
+    rp.add_argument("--lr-drop-epoch", type=int, help="epoch from which lr is 1e-4 (default: epochs - 2, or 60)")
+    rp.add_argument("--final-loss", choices=["pkt", "kd"], default="pkt", help="final-layer KD of InDistill")
+    rp.add_argument("--methods", nargs="+", metavar="NAME", help="subset of methods (default all)")
+    rp.add_argument("--no-cache", action="store_true", help="recompute teacher targets every batch")
     args = parser.parse_args(argv)
     if args.command == "data":
         print(f"Fashion-MNIST ready (source: {ensure_fashion_mnist()}).")
@@ -28,6 +41,25 @@ def main(argv: list[str] | None = None) -> int:
         elif args.action == "evaluate":
             zoo.evaluate_zoo(args.only, args.dataset)
         print(json.dumps(zoo.read_manifest()["models"], indent=2))
+    elif args.command == "reproduce":
+        from .indistill import RunConfig, markdown_summary, reproduce
+
+        changes = {k: v for k, v in {"epochs": args.epochs, "a": args.a, "lr_drop_epoch": args.lr_drop_epoch,
+                                     "final_loss": args.final_loss}.items() if v is not None}
+        if args.epoch_size is not None:
+            changes["epoch_size"] = args.epoch_size or None
+        if args.no_cache:
+            changes["cache"] = False
+        if "epochs" in changes and "lr_drop_epoch" not in changes:
+            changes["lr_drop_epoch"] = changes["epochs"] - (10 if args.paper else 2)
+        if args.dataset == "cifar10":
+            cfg = RunConfig.cifar10_paper(**changes)
+        elif args.paper:
+            cfg = RunConfig.paper(args.dataset, **changes)
+        else:
+            cfg = RunConfig.fashion_mnist_cpu(dataset=args.dataset, **changes)
+        rows = reproduce(cfg, range(args.seeds), args.methods, log=lambda m: print(m, flush=True))
+        print(markdown_summary(rows))
     return 0
 
 
