@@ -195,3 +195,30 @@ def to_original_indices(paths: Sequence[tuple[Sequence[int], float]], layers: Se
     """Paths of a pruned model, with each channel renamed to its index in the unpruned model."""
     return [(tuple(kept[layer.conv][c] if layer.conv in kept else c for c, layer in zip(channels, layers)), score)
             for channels, score in paths]
+
+
+def chance_survival(layers: Sequence[FlowLayer], kept: Mapping[str, Sequence[int]], widths: Sequence[int]) -> float:
+    """Probability that a path survives when each layer keeps a random subset of its channels:
+    the product over layers of (kept channels / channels). `widths` are the unpruned widths per layer."""
+    frac = 1.0
+    for layer, width in zip(layers, widths):
+        if layer.conv in kept:
+            frac *= len(kept[layer.conv]) / width
+    return frac
+
+
+def path_survival(model: nn.Module, kept_by_criterion: Mapping[str, Mapping[str, Sequence[int]]], x: torch.Tensor,
+                  targets: Sequence[int], n_paths: int = 20, n_steps: int = 32) -> dict[str, list[float]]:
+    """For each input `x[k]` and class `targets[k]`, the fraction of `model`'s top `n_paths` paths that survive
+    each pruning decision (`kept_by_criterion`: name -> `PruneReport.kept`). Returns name -> fractions."""
+    if len(x) != len(targets):
+        raise ValueError(f"{len(x)} inputs but {len(targets)} targets; give one class per input.")
+    layers = flow_layers(model)
+    strengths = connection_strength(model, layers)
+    out: dict[str, list[float]] = {name: [] for name in kept_by_criterion}
+    for xi, target in zip(x, targets):
+        paths = top_paths(channel_attributions(model, xi, int(target), layers, n_steps), strengths, n_paths)
+        for name, kept in kept_by_criterion.items():
+            alive = surviving(paths, layers, kept)
+            out[name].append(sum(alive) / max(len(alive), 1))
+    return out

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from indistill_lab.flow import (FlowLayer, channel_attributions, connection_strength, flow_layers, flow_paths,
-                                surviving, to_original_indices, top_paths)
+from indistill_lab.flow import (FlowLayer, chance_survival, channel_attributions, connection_strength, flow_layers,
+                                flow_paths, path_survival, surviving, to_original_indices, top_paths)
 from indistill_lab.models import ConvNet
 from indistill_lab.pruning import prune_to_widths
 
@@ -91,3 +91,15 @@ def test_bad_inputs_say_what_is_wrong():
         top_paths([torch.ones(2), torch.ones(3)], [torch.ones(2, 2)])
     with pytest.raises(ValueError, match="one input image"):
         channel_attributions(two_layer_net(), torch.ones(2, 1, 1, 1), target=0)
+
+
+def test_survival_fractions_and_chance_level():
+    net, x = two_layer_net(), torch.ones(2, 1, 1, 1)
+    layers = flow_layers(net)
+    # top paths for class 0: (1,0), (0,0), (0,1); keeping channel 0 of conv2 only keeps the first two
+    result = path_survival(net, {"keep0": {"conv2": [0]}, "all": {}}, x, [0, 0], n_paths=3, n_steps=8)
+    assert result["keep0"] == pytest.approx([2 / 3, 2 / 3])
+    assert result["all"] == [1.0, 1.0]
+    assert chance_survival(layers, {"conv1": [0], "conv2": [0, 1]}, [2, 2]) == 0.5
+    with pytest.raises(ValueError, match="one class per input"):
+        path_survival(net, {}, x, [0])

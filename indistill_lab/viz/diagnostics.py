@@ -1,0 +1,263 @@
+"""Figures and widgets of the diagnostics notebooks: Fisher traces and deficits (04), information-flow
+paths (03), per-layer distillation difficulty (05)."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import ipywidgets as widgets
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+DEFICIT_FILL = "rgba(120, 120, 120, 0.18)"
+
+
+# -- critical learning periods (notebook 04) ------------------------------------------------------
+
+def fisher_figure(run: dict[str, Any], height: int = 380) -> go.Figure:
+    """Per-layer Fisher trace over training (log scale; left) next to the validation accuracy (right).
+
+    `run` is the output of `critical_periods.fisher_over_training`.
+    """
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.68, 0.32],
+                        subplot_titles=("trace of the Fisher information, per layer", "clean test accuracy"))
+    for i, (layer, values) in enumerate(run["trace"].items()):
+        fig.add_scatter(x=run["epoch"], y=values, name=layer, mode="lines", row=1, col=1,
+                        line=dict(color=PALETTE[i % len(PALETTE)]))
+    fig.add_scatter(x=run["epoch"], y=run["total"], name="total", mode="lines", row=1, col=1,
+                    line=dict(color="black", width=3, dash="dot"))
+    fig.add_scatter(x=list(range(1, len(run["val_acc"]) + 1)), y=run["val_acc"], name="test accuracy",
+                    mode="lines+markers", row=1, col=2, line=dict(color="#444"), showlegend=False)
+    fig.update_yaxes(type="log", title_text="tr F (sum over the layer's weights)", row=1, col=1)
+    fig.update_xaxes(title_text="epoch", row=1, col=1)
+    fig.update_xaxes(title_text="epoch", row=1, col=2)
+    fig.update_layout(height=height, margin=dict(t=50, b=40))
+    return fig
+
+
+class DeficitExplorer:
+    """Slider over the deficit length N: final accuracy vs N (left), the chosen run's curve (right).
+
+    `sweep` is the output of `critical_periods.deficit_sweep`. With `rerun` (N -> a new run dict),
+    a button trains that run afresh and replaces the stored one in the figure.
+    """
+
+    def __init__(self, sweep: dict[str, Any], rerun: Callable[[int], dict[str, Any]] | None = None) -> None:
+        self.runs = {r["deficit_epochs"]: r for r in sweep["runs"]}
+        self.rerun = rerun
+        deficits = sorted(self.runs)
+        self.slider = widgets.SelectionSlider(options=deficits, value=deficits[min(2, len(deficits) - 1)],
+                                              description="blurred epochs N", continuous_update=True,
+                                              style={"description_width": "initial"})
+        self.figure = go.FigureWidget(make_subplots(
+            rows=1, cols=2, subplot_titles=("final clean accuracy vs deficit length", "the chosen run")))
+        self.figure.add_scatter(mode="lines+markers", name="final accuracy", row=1, col=1, line=dict(color="#1f77b4"))
+        self.figure.add_scatter(mode="markers", name="chosen N", row=1, col=1,
+                                marker=dict(size=16, color="rgba(0,0,0,0)", line=dict(color="#d62728", width=3)))
+        reference = self.runs[deficits[0]]
+        self.figure.add_scatter(x=list(range(1, len(reference["val_acc"]) + 1)), y=reference["val_acc"],
+                                name=f"N = {deficits[0]} (no deficit)", mode="lines", row=1, col=2,
+                                line=dict(color="#999", dash="dash"))
+        self.figure.add_scatter(mode="lines+markers", name="chosen run", row=1, col=2, line=dict(color="#d62728"))
+        self.figure.update_xaxes(title_text="epochs on blurred inputs before clean training (N)", row=1, col=1)
+        self.figure.update_xaxes(title_text="epoch", row=1, col=2)
+        self.figure.update_yaxes(title_text="clean test accuracy", row=1, col=1)
+        self.figure.update_layout(height=380, margin=dict(t=50, b=40), legend=dict(orientation="h", y=-0.25))
+        self.status = widgets.HTML()
+        self.button = widgets.Button(description="fresh run of this N", icon="refresh",
+                                     disabled=rerun is None, tooltip="retrain this deficit length (a few minutes)")
+        self.button.on_click(self._fresh)
+        self.slider.observe(lambda _: self.update(), names="value")
+        self.update()
+
+    def update(self) -> None:
+        """Redraw both panels for the slider's N."""
+        n = self.slider.value
+        deficits = sorted(self.runs)
+        run = self.runs[n]
+        with self.figure.batch_update():
+            self.figure.data[0].update(x=deficits, y=[self.runs[d]["final_acc"] for d in deficits])
+            self.figure.data[1].update(x=[n], y=[run["final_acc"]])
+            self.figure.data[3].update(x=list(range(1, len(run["val_acc"]) + 1)), y=run["val_acc"],
+                                       name=f"N = {n}")
+            self.figure.layout.shapes = ([dict(type="rect", xref="x2", yref="y2 domain", x0=0.5, x1=n + 0.5, y0=0,
+                                               y1=1, fillcolor=DEFICIT_FILL, line_width=0, layer="below")]
+                                         if n > 0 else [])
+        self.status.value = (f"N = {n}: final clean accuracy <b>{run['final_acc']:.3f}</b> "
+                             f"(no deficit: {self.runs[deficits[0]]['final_acc']:.3f}); shaded = blurred epochs")
+
+    def _fresh(self, _button: widgets.Button) -> None:
+        assert self.rerun is not None
+        n = self.slider.value
+        self.button.disabled, self.status.value = True, f"training N = {n} afresh ..."
+        try:
+            self.runs[n] = self.rerun(n)
+        finally:
+            self.button.disabled = False
+        self.update()
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(widgets.VBox([widgets.HBox([self.slider, self.button]), self.status, self.figure]))
+
+
+# -- information-flow paths (notebook 03) ----------------------------------------------------------
+
+def _short(layer: str) -> str:
+    """'stage2.conv1' -> 's2.c1' for compact node labels."""
+    return layer.replace("stage", "s").replace("conv", "c")
+
+
+def sankey_trace(layers: list[str], paths: list[tuple[list[int], float]], domain_y: tuple[float, float],
+                 colour: str = "rgba(31, 119, 180, 0.45)") -> go.Sankey:
+    """One Sankey of paths: nodes are (layer, channel), each path adds its score to every link on it,
+    so link thickness is the summed score of the top paths through that connection."""
+    nodes: dict[tuple[int, int], int] = {}
+    links: dict[tuple[int, int], float] = {}
+    for channels, score in paths:
+        ids = [nodes.setdefault((l, c), len(nodes)) for l, c in enumerate(channels)]
+        for a, b in zip(ids, ids[1:]):
+            links[(a, b)] = links.get((a, b), 0.0) + score
+    order = sorted(nodes, key=nodes.get)
+    span = max(len(layers) - 1, 1)
+    return go.Sankey(
+        domain=dict(x=[0, 1], y=list(domain_y)), arrangement="snap",
+        node=dict(label=[f"{_short(layers[l])} #{c}" for l, c in order], pad=6, thickness=12,
+                  x=[0.01 + 0.98 * l / span for l, _ in order], y=[0.1 + 0.8 * (i % 7) / 7 for i, _ in enumerate(order)],
+                  color="#555"),
+        link=dict(source=[a for a, _ in links], target=[b for _, b in links], value=list(links.values()),
+                  color=colour))
+
+
+def flow_figure(flows: dict[str, dict[str, Any]], height_per_model: int = 230) -> go.Figure:
+    """Stacked Sankeys of the top paths of several models (name -> `FlowResult.to_dict()`)."""
+    fig = go.Figure()
+    n = len(flows)
+    gap = 0.08
+    for i, (name, flow) in enumerate(flows.items()):
+        top = 1 - i / n
+        bottom = top - 1 / n + gap
+        fig.add_trace(sankey_trace(flow["layers"], flow["paths"], (bottom, top - 0.02), _rgba(PALETTE[i], 0.45)))
+        fig.add_annotation(text=f"<b>{name}</b>", x=0, y=top, xref="paper", yref="paper", showarrow=False,
+                           xanchor="left", yanchor="bottom")
+    fig.update_layout(height=height_per_model * n, margin=dict(l=10, r=10, t=30, b=10), font_size=10)
+    return fig
+
+
+def _rgba(hex_colour: str, alpha: float) -> str:
+    r, g, b = (int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r}, {g}, {b}, {alpha})"
+
+
+def attribution_maps_figure(maps: dict[str, list[Any]], layers: dict[str, list[str]], height_per_model: int = 150
+                            ) -> go.Figure:
+    """Grad-CAM maps per layer (columns) for each model (rows): name -> list of 2-D arrays."""
+    cols = max(len(m) for m in maps.values())
+    titles = [f"{name}: {_short(layer)}" if j < len(layers[name]) else ""
+              for name in maps for j, layer in enumerate(layers[name] + [""] * (cols - len(layers[name])))]
+    fig = make_subplots(rows=len(maps), cols=cols, subplot_titles=titles, horizontal_spacing=0.02,
+                        vertical_spacing=0.12)
+    for i, (name, model_maps) in enumerate(maps.items(), start=1):
+        for j, m in enumerate(model_maps, start=1):
+            fig.add_heatmap(z=m, colorscale="Inferno", showscale=False, row=i, col=j)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False, autorange="reversed")
+    fig.update_layout(height=height_per_model * len(maps) + 40, margin=dict(l=10, r=10, t=40, b=10))
+    fig.update_annotations(font_size=10)
+    return fig
+
+
+def survival_figure(survival: dict[str, list[float]], chance: dict[str, float] | None = None,
+                    n_paths: int | None = None) -> go.Figure:
+    """Mean fraction (and spread over inputs) of the teacher's top paths that survive each pruning criterion."""
+    names = list(survival)
+    means = [sum(v) / len(v) for v in survival.values()]
+    sds = [(sum((x - m) ** 2 for x in v) / max(len(v) - 1, 1)) ** 0.5 for v, m in zip(survival.values(), means)]
+    fig = go.Figure(go.Bar(x=names, y=means, error_y=dict(type="data", array=sds), marker_color=PALETTE[0],
+                           text=[f"{m:.0%}" for m in means], textposition="outside", name="surviving"))
+    if chance:
+        fig.add_scatter(x=names, y=[chance.get(n, float("nan")) for n in names], mode="markers",
+                        marker=dict(symbol="line-ew-open", size=40, color="#d62728"), name="chance (random channels)")
+    label = f"of the teacher's top {n_paths} paths" if n_paths else "of the teacher's top paths"
+    fig.update_layout(yaxis=dict(title=f"fraction {label} that survive", tickformat=".0%"),
+                      xaxis_title="pruning criterion (teacher pruned to the student's widths)", height=380,
+                      margin=dict(t=30, b=40))
+    return fig
+
+
+class FlowExplorer:
+    """Dropdowns for an image and a class; Sankeys of each model's top paths and their Grad-CAM maps.
+
+    `models`: name -> model (e.g. teacher, pruned teacher, student). `kept`: name -> `PruneReport.kept`
+    for pruned models, so their channels are labelled by the unpruned teacher's indices (a channel
+    that keeps its number is the same channel).
+    """
+
+    def __init__(self, models: dict[str, Any], images: Any, kept: dict[str, dict[str, list[int]]] | None = None,
+                 n_paths: int = 8, n_steps: int = 16) -> None:
+        from ..flow import attribution_maps, flow_layers
+
+        self.models, self.images, self.kept = models, images, kept or {}
+        self.n_paths, self.n_steps = n_paths, n_steps
+        self.layers = {name: flow_layers(m) for name, m in models.items()}
+        self._attribution_maps = attribution_maps
+        classes = images.info.class_names
+        self.image = widgets.Dropdown(options=[(f"#{i}: {classes[int(y)]}", i) for i, y in enumerate(images.y)],
+                                      description="image")
+        self.target = widgets.Dropdown(options=[(c, k) for k, c in enumerate(classes)], description="class")
+        self.target.value = int(images.y[0])
+        self.sankey = go.FigureWidget(flow_figure(self._flows()))
+        self.maps = go.FigureWidget(attribution_maps_figure(*self._maps()))
+        self.status = widgets.HTML()
+        self._describe()
+        self.image.observe(self._image_changed, names="value")
+        self.target.observe(lambda _: self.update(), names="value")
+
+    def _flows(self) -> dict[str, dict[str, Any]]:
+        from ..flow import flow_paths, to_original_indices
+
+        x = self.images.x[self.image.value]
+        out = {}
+        for name, model in self.models.items():
+            result = flow_paths(model, x, self.target.value, self.n_paths, self.n_steps)
+            if name in self.kept:
+                result.paths = to_original_indices(result.paths, result.layers, self.kept[name])
+            out[name] = result.to_dict()
+        return out
+
+    def _maps(self) -> tuple[dict[str, list[Any]], dict[str, list[str]]]:
+        x = self.images.x[self.image.value]
+        maps = {name: [m.numpy() for m in self._attribution_maps(model, x, self.target.value, self.layers[name])]
+                for name, model in self.models.items()}
+        return maps, {name: [layer.conv for layer in layers] for name, layers in self.layers.items()}
+
+    def _image_changed(self, _change: Any) -> None:
+        if self.target.value != int(self.images.y[self.image.value]):
+            self.target.value = int(self.images.y[self.image.value])  # triggers update()
+        else:
+            self.update()
+
+    def _describe(self) -> None:
+        import torch
+
+        x = self.images.x[self.image.value].unsqueeze(0)
+        with torch.no_grad():
+            probs = {n: float(m(x).softmax(1)[0, self.target.value]) for n, m in self.models.items()}
+        self.status.value = "p(class | image): " + ", ".join(f"{n} <b>{p:.2f}</b>" for n, p in probs.items())
+
+    def update(self) -> None:
+        """Recompute paths and maps for the chosen image and class (a few seconds on a CPU)."""
+        fresh_sankey, fresh_maps = flow_figure(self._flows()), attribution_maps_figure(*self._maps())
+        with self.sankey.batch_update():
+            for old, new in zip(self.sankey.data, fresh_sankey.data):
+                old.node, old.link = new.node, new.link
+        with self.maps.batch_update():
+            for old, new in zip(self.maps.data, fresh_maps.data):
+                old.z = new.z
+        self._describe()
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(widgets.VBox([widgets.HBox([self.image, self.target]), self.status, self.sankey, self.maps]))
