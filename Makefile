@@ -19,7 +19,6 @@ RAW_FASHION := data/FashionMNIST/raw/train-images-idx3-ubyte
 # Reinstalled only when pyproject.toml changes (the stamp is newer otherwise).
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PY_SYS) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
 	$(PY) -m pip install --quiet -e '.[dev]' $(TORCH_SPEC)
 	touch $@
