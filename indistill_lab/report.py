@@ -15,12 +15,13 @@ def architecture_rows(models: dict[str, nn.Module], input_shape: tuple[int, ...]
             for name, m in models.items()]
 
 
-def zoo_rows(manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    """The zoo's measured baselines (percent), in the InDistill tables' columns."""
+def zoo_rows(manifest: dict[str, Any], names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """The zoo's measured results (percent), in the InDistill tables' columns, for `names` (default all)."""
     keys = [("test acc", "test_accuracy"), ("mAP (e)", "map_e"), ("mAP (c)", "map_c"),
             ("top-100 (e)", "top100_e"), ("top-100 (c)", "top100_c"), ("epochs", "epochs")]
-    return [{"model": name, **{label: entry.get(key, "n/a") for label, key in keys}}
-            for name, entry in manifest["models"].items()]
+    models = manifest["models"]
+    return [{"model": name, **{label: models[name].get(key, "n/a") for label, key in keys}}
+            for name in (names if names is not None else list(models))]
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:

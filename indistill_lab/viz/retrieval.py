@@ -76,7 +76,7 @@ class RetrievalExplorer:
             for ann, j in zip(self.images.layout.annotations[1:], top.tolist()):
                 hit = int(self.database.y[j]) == label
                 ann.text = f"<span style='color:{'green' if hit else 'red'}'>{'✓' if hit else '✗'} " \
-                           f"{self._names[int(self.database.y[j])][:9]}</span>"
+                           f"{self._names[int(self.database.y[j])]}</span>"
             self.curve.data[0].x = ranking.recall[::step].tolist()
             self.curve.data[0].y = ranking.precision[::step].tolist()
             self.curve.data[1].y = ranking.interpolated().tolist()
