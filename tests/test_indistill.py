@@ -1,0 +1,178 @@
+"""InDistill end to end: index-aware loader, feature cache, configurations, method curricula, and a
+small full pipeline (artefacts, resumability, distillation pulls the student toward the teacher)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from indistill_lab.curriculum import features
+from indistill_lab.data import Loader, crop_flip
+from indistill_lab.feature_cache import FeatureCache, IndexedLoader
+from indistill_lab.indistill import (METHODS, RunConfig, Sources, build, markdown_summary, mean_std,
+                                     method_curriculum, prepare, read_results, reproduce, train_student)
+from indistill_lab.losses import FeatureMSE
+from indistill_lab.train import Callback
+
+
+def test_indexed_loader_matches_loader_and_reports_indices(tiny_split):
+    plain = list(Loader(tiny_split, 10, seed=3))
+    indexed = IndexedLoader(tiny_split, 10, seed=3)
+    for (x, y), (xi, yi) in zip(plain, indexed):
+        assert torch.equal(x, xi) and torch.equal(y, yi)
+        assert torch.equal(tiny_split.x[indexed.indices], xi)
+    assert len(list(indexed)) == len(plain) == 7 and indexed.indices is None  # cleared after the epoch
+
+
+def test_epoch_size_caps_an_epoch_and_epochs_differ(tiny_split):
+    loader = IndexedLoader(tiny_split, 10, seed=0, epoch_size=25)
+    assert len(loader) == 3
+    first = torch.cat([y for _, y in loader])
+    assert len(first) == 25
+    loader.set_epoch(1)
+    seen = set()
+    for _ in loader:
+        seen |= set(loader.indices.tolist())
+    assert len(seen) == 25
+    with pytest.raises(ValueError, match="epoch_size"):
+        IndexedLoader(tiny_split, 10, epoch_size=0)
+
+
+def test_feature_cache_equals_direct_features_and_counts_misses(tiny_split):
+    teacher = build(RunConfig(), "auxiliary").eval()
+    sources = Sources(aux=teacher)
+    loader = IndexedLoader(tiny_split, 16, seed=1)
+    cache = FeatureCache(sources.features, loader)
+    for x, _ in loader:
+        got = cache(x, ["aux.stage2", "aux.act_fc1"])
+        want = sources.features(x, ["aux.stage2", "aux.act_fc1"])
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-5)
+    assert (cache.hits, cache.misses) == (4, 0)
+    assert cache.nbytes == 64 * (32 * 7 * 7 + 128) * 4
+    cache(tiny_split.x[:5], ["aux.stage2"])  # not the loader's batch: computed, not looked up
+    assert cache.misses == 1
+    cache.retain(["aux.act_fc1"])
+    assert list(cache.tables) == ["aux.act_fc1"]
+
+
+def test_feature_cache_refuses_augmenting_loader(tiny_split):
+    with pytest.raises(ValueError, match="augments"):
+        FeatureCache(lambda x, p: {}, IndexedLoader(tiny_split, 8, transform=crop_flip()))
+    with pytest.raises(TypeError, match="IndexedLoader"):
+        FeatureCache(lambda x, p: {}, Loader(tiny_split, 8))
+
+
+def test_sources_reject_unknown_model_prefix():
+    sources = Sources(pruned=build(RunConfig(), "student"))
+    with pytest.raises(KeyError, match="'<model>.<layer>'"):
+        sources.features(torch.zeros(2, 1, 28, 28), ["teacher.stage1"])
+
+
+def test_config_checks_and_presets():
+    with pytest.raises(ValueError, match="final_loss"):
+        RunConfig(final_loss="mse")
+    with pytest.raises(ValueError, match="no epoch for the final term"):
+        RunConfig(epochs=6, a=0)  # 1 + 2 + 3 intermediate epochs leave nothing
+    with pytest.raises(ValueError, match="cache=False"):
+        RunConfig(augment=True)
+    paper = RunConfig.cifar10_paper()
+    assert (paper.dataset, paper.teacher, paper.epochs, paper.a, paper.batch_size) == ("cifar10", "preact-resnet18", 70, 2, 128)
+    assert paper.lr_schedule == {60: 1e-4} and paper.lr == 1e-3
+    assert paper.augment and not paper.cache and paper.intermediate_epochs == 12
+    teacher, aux = build(paper, "teacher"), build(paper, "auxiliary")
+    assert type(teacher).__name__ == "PreActResNet18"
+    assert sum(p.numel() for p in aux.parameters()) < 60_000  # the paper's ~58k auxiliary (padding 0)
+    cpu = RunConfig.fashion_mnist_cpu()
+    assert (cpu.epochs, cpu.epoch_size, cpu.a, cpu.lr_schedule) == (15, 12_000, 0, {13: 1e-4})
+    assert cpu.digest() == RunConfig().digest() != RunConfig(a=1).digest()
+
+
+def _sources(cfg: RunConfig) -> Sources:
+    torch.manual_seed(0)
+    aux = build(cfg, "auxiliary")
+    from indistill_lab.pruning import prune_to_widths
+    return Sources(teacher=build(cfg, "teacher"), aux=aux, pruned=prune_to_widths(aux, [8, 16, 32])[0])
+
+
+def test_method_curricula_follow_their_definitions(tiny_split):
+    cfg = RunConfig(a=1, epochs=12)
+    sources, student = _sources(cfg), build(cfg, "student")
+    paper = method_curriculum("indistill-paper", sources, student, cfg)
+    assert [(p.teacher, p.student, p.start, p.epochs) for p in paper.phases] == [
+        ("pruned.stage1", "stage1", 0, 2), ("pruned.stage2", "stage2", 2, 3), ("pruned.stage3", "stage3", 5, 4)]
+    assert (paper.final.teacher, paper.final.loss, paper.final_begins) == ("aux.act_fc1", "pkt", 9)
+    together = method_curriculum("indistill-all-at-once", sources, student, cfg)
+    assert {(p.start, p.epochs) for p in together.phases} == {(0, 9)}
+    fitnets = method_curriculum("fitnets", sources, student, cfg)
+    assert {p.loss for p in fitnets.phases} == {"fitnets"} and fitnets.phases[0].teacher == "aux.stage1"
+    kd = method_curriculum("hinton-kd", sources, student, cfg)
+    assert (kd.phases, kd.final.teacher, kd.final.loss, kd.final_begins) == ((), "teacher.classifier", "kd", 0)
+    hard = method_curriculum("indistill-difficulty", sources, student, cfg, tiny_split.x)
+    assert sum(p.epochs for p in hard.phases) == 9 and all(p.epochs >= 1 for p in hard.phases)
+    assert method_curriculum("student-ce", sources, student, cfg) is None
+    with pytest.raises(ValueError, match="probe"):
+        method_curriculum("indistill-difficulty", sources, student, cfg)
+    with pytest.raises(KeyError, match="Known"):
+        method_curriculum("indistill", sources, student, cfg)
+    kd_final = method_curriculum("indistill-paper", sources, student, RunConfig(a=1, epochs=12, final_loss="kd"))
+    assert (kd_final.final.teacher, kd_final.final.student) == ("teacher.classifier", "classifier")
+
+
+def test_mean_std_and_table_by_hand():
+    assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
+    assert mean_std([5.0]) == (5.0, 0.0)
+    row = dict(map_e=50.0, map_c=52.0, top100_e=60.0, top100_c=61.0, accuracy=80.0, wall_seconds=10.0)
+    rows = [dict(row, method="student-ce", seed=0, accuracy_from="head"),
+            dict(row, method="pkt", seed=0, accuracy_from="probe", map_e=55.0)]
+    table = markdown_summary(rows)
+    assert "| pkt | 1 | **55.00 ± 0.00** |" in table and "80.00 ± 0.00*" in table
+    assert table.index("student-ce") < table.index("| pkt")  # METHODS order
+
+
+TINY = dict(epochs=7, a=0, epoch_size=None, lr_drop_epoch=6, aux_epochs=1, teacher_epochs=1,
+            train_size=512, test_size=200, use_zoo=False, batch_size=64)
+
+
+def test_pipeline_end_to_end(tmp_path):
+    cfg = RunConfig(**TINY, lr=3e-3)
+    logs: list[str] = []
+    rows = reproduce(cfg, seeds=[0], methods=["student-ce", "indistill-paper"], results_dir=tmp_path,
+                     name="tiny", log=logs.append)
+    assert {r["method"] for r in rows} == {"student-ce", "indistill-paper"}
+    for r in rows:
+        assert 0 <= r["map_e"] <= 100 and 0 <= r["top100_c"] <= 100 and r["config"] == cfg.digest()
+    distilled = next(r for r in rows if r["method"] == "indistill-paper")
+    assert distilled["accuracy_from"] == "probe" and distilled["accuracy"] > 20  # chance is 10
+    assert distilled["phases"] == '[["stage1", 0, 1], ["stage2", 1, 2], ["stage3", 3, 3]]'
+    assert (tmp_path / "tiny.png").stat().st_size > 1000
+    assert "indistill-paper" in (tmp_path / "tiny.md").read_text()
+    assert any("feature cache: 4 tables" in m for m in logs)  # pruned stage1-3 + auxiliary embedding
+    again: list[str] = []
+    reproduce(cfg, seeds=[0], methods=["student-ce", "indistill-paper"], results_dir=tmp_path, name="tiny",
+              log=again.append)
+    assert again == [f"config {cfg.digest()}: 2 runs already in {tmp_path / 'tiny.csv'}, 0 to do"]
+    assert len(read_results(tmp_path / "tiny.csv")) == 2
+
+
+def test_distillation_moves_student_toward_pruned_auxiliary():
+    cfg = RunConfig(**{**TINY, "a": 2, "epochs": 13, "lr_drop_epoch": 13, "batch_size": 32}, lr=3e-3)
+    prep = prepare(cfg, save_aux=False, log=lambda m: None)
+    x, paths = prep.test.x[:128], prep.pruned.stage_paths
+    targets = features(prep.pruned, x, paths)
+
+    def distance(student):
+        s = features(student, x, paths)
+        return [float(FeatureMSE()(s[p], targets[p])) for p in paths]
+
+    class Track(Callback):  # the student's MSE to the pruned auxiliary at every layer, after every epoch
+        def on_epoch_end(self, trainer, logs):
+            seen.append(distance(trainer.model))
+
+    torch.manual_seed(0)
+    seen = [distance(build(cfg, "student"))]
+    _, trainer, curriculum = train_student("indistill-paper", prep.sources, cfg, prep.train, seed=0,
+                                           callbacks=[Track()])
+    for k, phase in enumerate(curriculum.phases):  # held-out MSE of layer k falls during its own phase
+        assert seen[phase.end][k] < 0.8 * seen[phase.start][k], (k, seen)
+    logged = trainer.history.epochs
+    assert "mse/stage1" in logged[0] and "mse/stage1" not in logged[3] and "pkt/act_fc1" in logged[12]
