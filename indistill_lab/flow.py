@@ -208,17 +208,55 @@ def chance_survival(layers: Sequence[FlowLayer], kept: Mapping[str, Sequence[int
 
 
 def path_survival(model: nn.Module, kept_by_criterion: Mapping[str, Mapping[str, Sequence[int]]], x: torch.Tensor,
-                  targets: Sequence[int], n_paths: int = 20, n_steps: int = 32) -> dict[str, list[float]]:
-    """For each input `x[k]` and class `targets[k]`, the fraction of `model`'s top `n_paths` paths that survive
-    each pruning decision (`kept_by_criterion`: name -> `PruneReport.kept`). Returns name -> fractions."""
+                  targets: Sequence[int], n_paths: int = 20, n_steps: int = 32) -> dict[str, dict[str, list[float]]]:
+    """How much of `model`'s top `n_paths` paths (input `x[k]`, class `targets[k]`) each pruning decision keeps
+    (`kept_by_criterion`: name -> `PruneReport.kept`). Per input: "paths", the fraction of paths kept whole,
+    and "channels", the fraction of the paths' channels (path x layer) kept. Returns name -> measure -> list."""
     if len(x) != len(targets):
         raise ValueError(f"{len(x)} inputs but {len(targets)} targets; give one class per input.")
     layers = flow_layers(model)
     strengths = connection_strength(model, layers)
-    out: dict[str, list[float]] = {name: [] for name in kept_by_criterion}
+    out: dict[str, dict[str, list[float]]] = {name: {"paths": [], "channels": []} for name in kept_by_criterion}
     for xi, target in zip(x, targets):
         paths = top_paths(channel_attributions(model, xi, int(target), layers, n_steps), strengths, n_paths)
         for name, kept in kept_by_criterion.items():
             alive = surviving(paths, layers, kept)
-            out[name].append(sum(alive) / max(len(alive), 1))
+            out[name]["paths"].append(sum(alive) / max(len(alive), 1))
+            hits = [surviving([((c,), 0.0)], [layer], kept)[0] for channels, _ in paths
+                    for c, layer in zip(channels, layers)]
+            out[name]["channels"].append(sum(hits) / max(len(hits), 1))
     return out
+
+
+SURVIVAL_RUN = {"dataset": "fashion-mnist", "images": 20, "n_paths": 20, "n_steps": 32, "taylor_batches": 4,
+                "seed": 0}
+"""The precomputed survival comparison of notebook 03: zoo teacher pruned to the zoo student's widths."""
+
+
+def cached_path_survival(refresh: bool = False, **overrides: object) -> dict[str, object]:
+    """How much of the zoo teacher's top paths (true class of `images` test images) survives pruning to the
+    student's widths under each built-in criterion (`path_survival` measures), with the chance levels of random
+    channel choices; stored in results/precomputed/flow-*.json."""
+    from . import zoo
+    from .cache import cached
+    from .data import Loader, load_split
+    from .pruning import criteria, prune_to_widths
+
+    params = {**SURVIVAL_RUN, **overrides}
+
+    def compute() -> dict[str, object]:
+        teacher, student = zoo.load("teacher"), zoo.load("student")
+        test = load_split(params["dataset"], "test", quick=False).subset(params["images"], seed=params["seed"])
+        train = load_split(params["dataset"], "train", quick=False).subset(128 * params["taylor_batches"])
+        kept, chance = {}, {}
+        layers = flow_layers(teacher)
+        widths = [get_module(teacher, layer.conv).out_channels for layer in layers]
+        for name, criterion in criteria(Loader(train, 128, shuffle=False), seed=params["seed"]).items():
+            _, report = prune_to_widths(teacher, student, criterion)
+            kept[name] = report.kept
+            chance[name] = {"paths": chance_survival(layers, report.kept, widths),
+                            "channels": sum(len(report.kept[l.conv]) / w for l, w in zip(layers, widths)) / len(layers)}
+        survival = path_survival(teacher, kept, test.x, test.y.tolist(), params["n_paths"], params["n_steps"])
+        return {"survival": survival, "chance": chance, "images": test.y.tolist()}
+
+    return cached("flow", params, compute, refresh=refresh)

@@ -98,8 +98,9 @@ def test_survival_fractions_and_chance_level():
     layers = flow_layers(net)
     # top paths for class 0: (1,0), (0,0), (0,1); keeping channel 0 of conv2 only keeps the first two
     result = path_survival(net, {"keep0": {"conv2": [0]}, "all": {}}, x, [0, 0], n_paths=3, n_steps=8)
-    assert result["keep0"] == pytest.approx([2 / 3, 2 / 3])
-    assert result["all"] == [1.0, 1.0]
+    assert result["keep0"]["paths"] == pytest.approx([2 / 3, 2 / 3])
+    assert result["keep0"]["channels"] == pytest.approx([5 / 6, 5 / 6])  # only (0,1) loses its conv2 channel
+    assert result["all"] == {"paths": [1.0, 1.0], "channels": [1.0, 1.0]}
     assert chance_survival(layers, {"conv1": [0], "conv2": [0, 1]}, [2, 2]) == 0.5
     with pytest.raises(ValueError, match="one class per input"):
         path_survival(net, {}, x, [0])

@@ -168,21 +168,28 @@ def attribution_maps_figure(maps: dict[str, list[Any]], layers: dict[str, list[s
     return fig
 
 
-def survival_figure(survival: dict[str, list[float]], chance: dict[str, float] | None = None,
+def survival_figure(survival: dict[str, dict[str, list[float]]], chance: dict[str, dict[str, float]] | None = None,
                     n_paths: int | None = None) -> go.Figure:
-    """Mean fraction (and spread over inputs) of the teacher's top paths that survive each pruning criterion."""
+    """Per pruning criterion: the share of the teacher's top paths' channels that is kept (left) and the share
+    of whole paths kept (right); mean over inputs with standard deviation, chance level in red.
+    `survival` and `chance` are `flow.cached_path_survival()`'s entries."""
     names = list(survival)
-    means = [sum(v) / len(v) for v in survival.values()]
-    sds = [(sum((x - m) ** 2 for x in v) / max(len(v) - 1, 1)) ** 0.5 for v, m in zip(survival.values(), means)]
-    fig = go.Figure(go.Bar(x=names, y=means, error_y=dict(type="data", array=sds), marker_color=PALETTE[0],
-                           text=[f"{m:.0%}" for m in means], textposition="outside", name="surviving"))
-    if chance:
-        fig.add_scatter(x=names, y=[chance.get(n, float("nan")) for n in names], mode="markers",
-                        marker=dict(symbol="line-ew-open", size=40, color="#d62728"), name="chance (random channels)")
-    label = f"of the teacher's top {n_paths} paths" if n_paths else "of the teacher's top paths"
-    fig.update_layout(yaxis=dict(title=f"fraction {label} that survive", tickformat=".0%"),
-                      xaxis_title="pruning criterion (teacher pruned to the student's widths)", height=380,
-                      margin=dict(t=30, b=40))
+    top = f"top {n_paths} " if n_paths else "top "
+    fig = make_subplots(rows=1, cols=2, subplot_titles=(f"channels of the teacher's {top}paths kept",
+                                                        f"whole {top}paths kept (all 6 channels)"))
+    for col, measure in enumerate(("channels", "paths"), start=1):
+        values = [survival[n][measure] for n in names]
+        means = [sum(v) / len(v) for v in values]
+        sds = [(sum((x - m) ** 2 for x in v) / max(len(v) - 1, 1)) ** 0.5 for v, m in zip(values, means)]
+        fig.add_bar(x=names, y=means, error_y=dict(type="data", array=sds), marker_color=PALETTE[col - 1],
+                    text=[f"{m:.1%}" for m in means], textposition="outside", showlegend=False, row=1, col=col)
+        if chance:
+            fig.add_scatter(x=names, y=[chance[n][measure] for n in names], mode="markers", row=1, col=col,
+                            marker=dict(symbol="line-ew-open", size=36, color="#d62728", line_width=3),
+                            name="chance (random channels)", showlegend=col == 1)
+        fig.update_yaxes(tickformat=".0%", rangemode="tozero", row=1, col=col)
+    fig.update_xaxes(title_text="criterion (teacher pruned to the student's widths)")
+    fig.update_layout(height=400, margin=dict(t=50, b=40), legend=dict(orientation="h", y=1.15))
     return fig
 
 
@@ -261,3 +268,90 @@ class FlowExplorer:
         from IPython.display import display
 
         display(widgets.VBox([widgets.HBox([self.image, self.target]), self.status, self.sankey, self.maps]))
+
+
+# -- per-layer distillation difficulty (notebook 05) -------------------------------------------------
+
+COLUMN_TITLES = {"one_minus_cka": "1 - CKA at the start", "initial_mse": "initial direct MSE",
+                 "epochs_to_fraction": "epochs to reach the fraction"}
+
+
+class DifficultyExplorer:
+    """Slider over the probe budget, dropdown for the difficulty column that drives the curriculum.
+
+    Top: the difficulty table as bars (one panel per measure). Middle: each layer's single-layer
+    distillation curve (loss / initial loss) with the target fraction. Bottom: the curriculum
+    `curriculum_from_table` builds from the chosen column, on the curriculum-editor timeline.
+    `result` is `difficulty.cached_difficulty()`; `final`, `budget`, `total_epochs` and `critical_end`
+    are passed to the curriculum.
+    """
+
+    def __init__(self, result: dict[str, Any], final: Any, budget: int, total_epochs: int,
+                 critical_end: int | None = None) -> None:
+        from .curriculum import timeline_figure
+
+        self.tables = result["tables"]
+        self.final, self.budget, self.total_epochs, self.critical_end = final, budget, total_epochs, critical_end
+        self._timeline_figure = timeline_figure
+        budgets = [str(b) for b in result["budgets"]]
+        self.slider = widgets.SelectionSlider(options=budgets, value=budgets[-1], description="probe budget (images)",
+                                              style={"description_width": "initial"}, continuous_update=True)
+        self.column = widgets.Dropdown(options=[(t, k) for k, t in COLUMN_TITLES.items()], value="epochs_to_fraction",
+                                       description="curriculum from", style={"description_width": "initial"})
+        first = self.tables[budgets[-1]]
+        n_pairs = len(first["rows"])
+        self.bars = go.FigureWidget(make_subplots(rows=1, cols=3, subplot_titles=list(COLUMN_TITLES.values())))
+        for c in range(3):
+            self.bars.add_bar(row=1, col=c + 1, marker_color=[PALETTE[i % len(PALETTE)] for i in range(n_pairs)],
+                              showlegend=False, texttemplate="%{y:.2f}", textposition="outside")
+        self.bars.update_layout(height=320, margin=dict(t=50, b=40))
+        self.curves = go.FigureWidget()
+        for i in range(n_pairs):
+            self.curves.add_scatter(mode="lines+markers", line=dict(color=PALETTE[i % len(PALETTE)]))
+        self.curves.update_layout(height=320, margin=dict(t=50, b=40), xaxis_title="epochs of single-layer distillation",
+                                  yaxis=dict(title="held-out loss / initial loss", rangemode="tozero"),
+                                  title="each layer distilled alone (direct MSE)")
+        self.timeline = go.FigureWidget(self._curriculum_figure())
+        self.slider.observe(lambda _: self.update(), names="value")
+        self.column.observe(lambda _: self.update(), names="value")
+        self.update()
+
+    @property
+    def table(self) -> dict[str, Any]:
+        return self.tables[self.slider.value]
+
+    @property
+    def curriculum(self) -> Any:
+        """The curriculum the chosen column and budget produce."""
+        from ..difficulty import curriculum_from_table
+
+        return curriculum_from_table(self.table, self.column.value, self.budget, self.final, self.total_epochs,
+                                     critical_end=self.critical_end)
+
+    def _curriculum_figure(self) -> go.Figure:
+        return self._timeline_figure(self.curriculum, title=f"curriculum from {COLUMN_TITLES[self.column.value]} "
+                                                            f"(budget {self.budget} epochs for the layer phases)")
+
+    def update(self) -> None:
+        """Redraw bars, curves and timeline for the chosen budget and column."""
+        rows, table = self.table["rows"], self.table
+        labels = [f"{r['teacher']}→{r['student']}" for r in rows]
+        with self.bars.batch_update():
+            for trace, key in zip(self.bars.data, COLUMN_TITLES):
+                trace.update(x=labels, y=[r[key] for r in rows])
+        with self.curves.batch_update():
+            for trace, row, label in zip(self.curves.data, rows, labels):
+                loss0 = row["curve"]["loss"][0] or 1.0
+                trace.update(x=row["curve"]["epoch"], y=[v / loss0 for v in row["curve"]["loss"]], name=label)
+            self.curves.layout.shapes = [dict(type="line", xref="paper", x0=0, x1=1, y0=table["fraction"],
+                                              y1=table["fraction"], line=dict(dash="dot", color="#888"))]
+        fresh = self._curriculum_figure()
+        with self.timeline.batch_update():
+            self.timeline.data[0].update(fresh.data[0])
+            self.timeline.layout.update(title=fresh.layout.title, shapes=fresh.layout.shapes,
+                                        annotations=fresh.layout.annotations)
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(widgets.VBox([widgets.HBox([self.slider, self.column]), self.bars, self.curves, self.timeline]))
