@@ -9,18 +9,27 @@ from indistill_lab.data import Loader, load_split
 from indistill_lab.metrics import accuracy
 from indistill_lab.models import build_model
 
-SHIPPED = zoo.available()
+MANIFEST = zoo.read_manifest()["models"]
+WITH_ACCURACY = [name for name, entry in MANIFEST.items() if "test_accuracy" in entry]
 
 
 def test_zoo_ships_the_three_baselines():
-    assert set(SHIPPED) >= {"teacher", "auxiliary", "student"}
-    manifest = zoo.read_manifest()["models"]
-    assert manifest["teacher"]["test_accuracy"] >= 92.0
-    for entry in manifest.values():
+    assert set(zoo.RECIPES) <= set(MANIFEST)
+    assert MANIFEST["teacher"]["test_accuracy"] >= 92.0
+    for name in zoo.RECIPES:
+        entry = MANIFEST[name]
         assert entry["command"].startswith("python -m indistill_lab zoo build") and entry["seed"] == zoo.SEED
+        assert entry["epochs"] == zoo.RECIPES[name]["epochs"]
 
 
-@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("name", sorted(MANIFEST))
+def test_every_shipped_file_loads_with_its_hash_and_says_how_it_was_made(name):
+    model = zoo.load(name)
+    assert sum(p.numel() for p in model.parameters()) > 0
+    assert MANIFEST[name]["command"].startswith("python -m indistill_lab")
+
+
+@pytest.mark.parametrize("name", WITH_ACCURACY)
 def test_shipped_checkpoint_reproduces_recorded_accuracy(name):
     model = zoo.load(name)
     assert not model.training
