@@ -33,6 +33,7 @@ data: setup
 	$(PY) -m indistill_lab data
 
 lab: data
+	@echo "Starting JupyterLab on $(FIRST_NOTEBOOK). On a server, open the http://127.0.0.1:8888/lab?token=... URL it prints (ssh -L 8888:localhost:8888 to reach it)."
 	$(VENV)/bin/jupyter lab $(LAB_FLAGS) $(FIRST_NOTEBOOK)
 
 # pytest exits 5 when it collected no test: that is reported, not treated as a failure.
