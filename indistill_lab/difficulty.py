@@ -136,3 +136,36 @@ def curriculum_from_table(table: dict[str, Any], column: str, budget: int, final
         raise ValueError(f"Column {column!r} has non-finite scores {scores}; measure again with a larger budget.")
     pairs = [(row["teacher"], row["student"]) for row in table["rows"]]
     return Curriculum.from_difficulty(pairs, scores, budget, final, total_epochs, **kwargs)
+
+
+DIFFICULTY_RUN: dict[str, Any] = {"dataset": "fashion-mnist", "budgets": [256, 1024, 4096], "probe": 256,
+                                  "epochs": 3, "fraction": 0.5, "criterion": "L1", "lr": 1e-3, "seed": 0}
+"""The precomputed tables of notebook 05: zoo auxiliary pruned to the student's widths (the InDistill
+teacher-side model) -> a fresh student, stage k to stage k, one table per probe budget (training images)."""
+
+
+def cached_difficulty(refresh: bool = False, **overrides: Any) -> dict[str, Any]:
+    """{"budgets": [...], "tables": {budget: difficulty_table}} for `DIFFICULTY_RUN` (plus `overrides`),
+    stored in results/precomputed/difficulty-*.json."""
+    from . import zoo
+    from .cache import cached
+    from .curriculum import stage_pairs
+    from .data import load_split
+    from .models import build_model
+    from .pruning import criteria, prune_to_widths
+
+    params = {**DIFFICULTY_RUN, **overrides}
+
+    def compute() -> dict[str, Any]:
+        torch.manual_seed(params["seed"])
+        student = build_model("student", params["dataset"])
+        teacher, _ = prune_to_widths(zoo.load("auxiliary"), student, criteria()[params["criterion"]])
+        probe_x = load_split(params["dataset"], "test", quick=False).subset(params["probe"], seed=params["seed"]).x
+        train = load_split(params["dataset"], "train", quick=False)
+        pairs = stage_pairs(teacher, student)
+        tables = {str(b): difficulty_table(teacher.eval(), student, pairs, train.subset(b, seed=params["seed"]),
+                                           probe_x, params["epochs"], params["fraction"], lr=params["lr"],
+                                           seed=params["seed"]) for b in params["budgets"]}
+        return {"budgets": params["budgets"], "tables": tables}
+
+    return cached("difficulty", params, compute, refresh=refresh)
