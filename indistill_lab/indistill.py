@@ -23,6 +23,7 @@ finishes (a rerun skips rows already there), then writes the markdown table and 
 """
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import json
@@ -44,6 +45,7 @@ from .feature_cache import FeatureCache, IndexedLoader
 from .metrics import accuracy, embeddings, retrieval_metrics
 from .models import build_model
 from .pruning import make_criterion, prune_to_widths
+from .taps import Taps
 from .train import Callback, Trainer, cross_entropy
 
 METHODS: dict[str, str] = {
@@ -54,6 +56,8 @@ METHODS: dict[str, str] = {
     "indistill-all-at-once": "direct MSE on all pruned-auxiliary layers together, then PKT (no curriculum)",
     "indistill-paper": "InDistill: direct MSE layer by layer for a+k epochs, shallow to deep, then PKT",
     "indistill-difficulty": "InDistill with epochs per layer from measured difficulty (same budget), then PKT",
+    "indistill-kept-channels": "InDistill (paper curriculum) with targets = the unpruned PKT auxiliary's features at the "
+                               "kept channels (the reference code's effective targets), then PKT",
 }
 RESULT_COLUMNS = ["method", "seed", "config", "epochs", "epoch_size", "a", "final_loss", "accuracy",
                   "accuracy_from", "map_e", "map_c", "map_std_e", "map_std_c", "top100_e", "top100_c",
@@ -173,6 +177,47 @@ class Sources(nn.Module):
         return out
 
 
+class _Select(nn.Module):
+    """Keeps the given channels of its input (a named module, so `Taps` can record its output)."""
+
+    def __init__(self, channels: Sequence[int]) -> None:
+        super().__init__()
+        self.register_buffer("channels", torch.as_tensor(list(channels), dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.index_select(1, self.channels)
+
+
+class KeptChannels(nn.Module):
+    """The unpruned model's stage outputs restricted to the channels pruning kept, under the stage names.
+
+    A coherent pruned network computes its deeper stages from the kept channels only, so its stage-2/3
+    features are those of a damaged network (before any fine-tune). The reference code pruned each conv in
+    isolation, so its targets were these: the original network's features at the kept channels.
+    `KeptChannels(aux, {"stage1": [...], ...})` exposes them as layers 'stage1', ... of a module.
+    """
+
+    def __init__(self, model: nn.Module, kept: Mapping[str, Sequence[int]]) -> None:
+        super().__init__()
+        self.model = model
+        for path, channels in kept.items():
+            self.add_module(path, _Select(channels))
+
+    @classmethod
+    def from_report(cls, model: nn.Module, report: Any) -> "KeptChannels":
+        """Kept channels of each stage's last conv, read off a `PruneReport`."""
+        last = f"conv{model.convs_per_stage}"
+        return cls(model, {p: report.kept[f"{p}.{last}"] for p in model.stage_paths})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        stages = [p for p, _ in self.named_children() if p != "model"]
+        with Taps(self.model, stages) as taps:
+            out = self.model(x)
+        for path in stages:
+            getattr(self, path)(taps[path])
+        return out
+
+
 # ------------------------------------------------------------------------------------------
 # Pipeline stages
 # ------------------------------------------------------------------------------------------
@@ -265,10 +310,15 @@ def auxiliary_pkt(teacher: nn.Module, cfg: RunConfig, train: Split, save: bool =
 
 def prune_auxiliary(aux: nn.Module, cfg: RunConfig, train: Split | None = None) -> tuple[nn.Module, Any]:
     """The auxiliary pruned to the student's stage widths with the configured criterion (L1 by default):
-    a coherent smaller network whose kept channels compute what they computed before."""
+    a coherent smaller network. Its first stage's kept channels are unchanged; deeper stages only see the
+    kept inputs, so their features differ from the unpruned ones (see `KeptChannels`)."""
     student = build(cfg, "student")
     criterion = make_criterion(cfg.prune_criterion, train if train is not None else load_data(cfg)[0])
-    pruned, report = prune_to_widths(aux, student.widths, criterion)
+    # Torch-Pruning traces the graph through autograd: a frozen copy (requires_grad False) would be left unpruned.
+    trainable = copy.deepcopy(aux).requires_grad_(True)
+    pruned, report = prune_to_widths(trainable, student.widths, criterion, inplace=True)
+    if pruned.widths != student.widths:
+        raise RuntimeError(f"Pruning left widths {pruned.widths}, not the student's {student.widths}.")
     return pruned.eval(), report
 
 
@@ -309,6 +359,8 @@ def method_curriculum(method: str, sources: Sources, student: nn.Module, cfg: Ru
         return Curriculum.all_at_once(pruned, L, final, E, **critical)
     if method == "indistill-paper":
         return Curriculum.paper(pruned, final, E, a=cfg.a, **critical)
+    if method == "indistill-kept-channels":
+        return Curriculum.paper([(f"kept.{p}", p) for p in paths], final, E, a=cfg.a, **critical)
     if probe is None:
         raise ValueError("indistill-difficulty measures layer difficulty on real inputs: pass `probe`, a batch "
                          "of training images (e.g. train.x[:512]).")
@@ -449,7 +501,8 @@ def prepare(cfg: RunConfig, save_aux: bool = True, progress: bool = False, log: 
     log(f"auxiliary (PKT) ready ({time.perf_counter() - t0:.0f} s)")
     pruned, report = prune_auxiliary(aux, cfg, train)
     log(f"auxiliary pruned: {report.summary()}")
-    return Prepared(train, test, teacher, aux, pruned, report, Sources(teacher=teacher, aux=aux, pruned=pruned))
+    sources = Sources(teacher=teacher, aux=aux, pruned=pruned, kept=KeptChannels.from_report(aux, report))
+    return Prepared(train, test, teacher, aux, pruned, report, sources)
 
 
 def source_layers(prep: Prepared, cfg: RunConfig, methods: Iterable[str]) -> list[str]:

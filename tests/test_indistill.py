@@ -8,8 +8,8 @@ import torch
 from indistill_lab.curriculum import features
 from indistill_lab.data import Loader, crop_flip
 from indistill_lab.feature_cache import FeatureCache, IndexedLoader
-from indistill_lab.indistill import (METHODS, RunConfig, Sources, build, markdown_summary, mean_std,
-                                     method_curriculum, prepare, read_results, reproduce, train_student)
+from indistill_lab.indistill import (METHODS, KeptChannels, RunConfig, Sources, build, markdown_summary, mean_std,
+                                     method_curriculum, prepare, prune_auxiliary, read_results, reproduce, train_student)
 from indistill_lab.losses import FeatureMSE
 from indistill_lab.train import Callback
 
@@ -116,6 +116,24 @@ def test_method_curricula_follow_their_definitions(tiny_split):
         method_curriculum("indistill", sources, student, cfg)
     kd_final = method_curriculum("indistill-paper", sources, student, RunConfig(a=1, epochs=12, final_loss="kd"))
     assert (kd_final.final.teacher, kd_final.final.student) == ("teacher.classifier", "classifier")
+
+
+def test_kept_channels_are_the_unpruned_features_and_differ_from_the_pruned_network_deeper(tiny_split):
+    cfg = RunConfig()
+    aux = build(cfg, "auxiliary").eval().requires_grad_(False)  # frozen, as inside Sources
+    pruned, report = prune_auxiliary(aux, cfg, tiny_split)
+    assert pruned.widths == [8, 16, 32]
+    kept = KeptChannels.from_report(aux, report)
+    x = torch.randn(6, 1, 28, 28)
+    full = features(aux, x, ["stage1", "stage2"])
+    view = features(kept, x, ["stage1", "stage2"])
+    coherent = features(pruned.eval(), x, ["stage1", "stage2"])
+    idx2 = report.kept["stage2.conv1"]
+    assert len(idx2) == 16 and torch.equal(view["stage2"], full["stage2"][:, idx2])
+    torch.testing.assert_close(coherent["stage1"], view["stage1"])  # first stage: same inputs, same outputs
+    assert not torch.allclose(coherent["stage2"], view["stage2"])  # deeper: the pruned inputs are missing
+    c = method_curriculum("indistill-kept-channels", Sources(aux=aux, kept=kept), build(cfg, "student"), cfg)
+    assert [p.teacher for p in c.phases] == ["kept.stage1", "kept.stage2", "kept.stage3"]
 
 
 def test_mean_std_and_table_by_hand():
