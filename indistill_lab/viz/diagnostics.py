@@ -111,11 +111,13 @@ def _short(layer: str) -> str:
 
 def sankey_trace(layers: list[str], paths: list[tuple[list[int], float]], domain_y: tuple[float, float],
                  colour: str = "rgba(31, 119, 180, 0.45)") -> go.Sankey:
-    """One Sankey of paths: nodes are (layer, channel), each path adds its score to every link on it,
-    so link thickness is the summed score of the top paths through that connection."""
+    """One Sankey of paths: nodes are (layer, channel), each path adds its share of the paths' summed score to
+    every link on it, so link thickness is the share of the top paths' score through that connection."""
     nodes: dict[tuple[int, int], int] = {}
     links: dict[tuple[int, int], float] = {}
+    total = sum(score for _, score in paths) or 1.0
     for channels, score in paths:
+        score = score / total  # share of the shown paths' summed score
         ids = [nodes.setdefault((l, c), len(nodes)) for l, c in enumerate(channels)]
         for a, b in zip(ids, ids[1:]):
             links[(a, b)] = links.get((a, b), 0.0) + score
