@@ -26,11 +26,14 @@ import difflib
 import re
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch_pruning as tp
 from torch import nn
+
+if TYPE_CHECKING:
+    from .data import Split
 from torch.nn import functional as F
 
 from .metrics import count_flops, count_parameters

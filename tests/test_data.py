@@ -1,5 +1,4 @@
 import gzip
-import shutil
 from pathlib import Path
 
 import pytest

@@ -160,7 +160,7 @@ def attribution_maps_figure(maps: dict[str, list[Any]], layers: dict[str, list[s
               for name in maps for j, layer in enumerate(layers[name] + [""] * (cols - len(layers[name])))]
     fig = make_subplots(rows=len(maps), cols=cols, subplot_titles=titles, horizontal_spacing=0.02,
                         vertical_spacing=0.12)
-    for i, (name, model_maps) in enumerate(maps.items(), start=1):
+    for i, model_maps in enumerate(maps.values(), start=1):
         for j, m in enumerate(model_maps, start=1):
             fig.add_heatmap(z=m, colorscale="Inferno", showscale=False, row=i, col=j)
     fig.update_xaxes(visible=False)
