@@ -42,7 +42,7 @@ from .config import REPO_ROOT, quick_mode, seed_everything
 from .curriculum import Curriculum, CurriculumObjective, Term, features, layer_difficulty, stage_pairs
 from .data import Loader, Split, crop_flip, load_split
 from .feature_cache import FeatureCache, IndexedLoader
-from .metrics import accuracy, embeddings, retrieval_metrics
+from .metrics import embeddings, retrieval_metrics
 from .models import build_model
 from .pruning import make_criterion, prune_to_widths
 from .taps import Taps

@@ -8,7 +8,7 @@ import torch
 from indistill_lab.curriculum import features
 from indistill_lab.data import Loader, crop_flip
 from indistill_lab.feature_cache import FeatureCache, IndexedLoader
-from indistill_lab.indistill import (METHODS, KeptChannels, RunConfig, Sources, build, markdown_summary, mean_std,
+from indistill_lab.indistill import (KeptChannels, RunConfig, Sources, build, markdown_summary, mean_std,
                                      method_curriculum, prepare, prune_auxiliary, read_results, reproduce, train_student)
 from indistill_lab.losses import FeatureMSE
 from indistill_lab.train import Callback
