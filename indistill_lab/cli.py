@@ -20,7 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     zp.add_argument("--only", nargs="+", metavar="NAME", help=f"models to build (default all: {', '.join(zoo.RECIPES)})")
     zp.add_argument("--force", action="store_true", help="retrain models that are already built")
     zp.add_argument("--dataset", default="fashion-mnist")
-    rp = sub.add_parser("reproduce", help="run InDistill and every baseline over seeds; write the results table")
+    rp = sub.add_parser("reproduce", help="run InDistill and every baseline over seeds; write the results table "
+                        "(results/<dataset>.csv/.md/.png for the default budget, <dataset>-<config digest>.* otherwise)")
     rp.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "cifar10"])
     rp.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
     rp.add_argument("--paper", action="store_true",

@@ -537,14 +537,17 @@ def reproduce(cfg: RunConfig, seeds: Sequence[int] = (0, 1, 2), methods: Sequenc
     per finished run; rows already present for this config are skipped. Then the table and the plot.
 
     With `save_students`, seed 0's InDistill (paper curriculum) student is recorded in the zoo as
-    'student-indistill' (used by notebook 07's retrieval comparison).
+    'student-indistill' (used by notebook 07's retrieval comparison). Files are named after the dataset
+    for the default CPU configuration, `<dataset>-<digest>` for any other, so a variant never overwrites
+    the committed table (nor the zoo's student).
     """
     methods = list(methods or METHODS)
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise KeyError(f"Unknown method(s) {unknown}. Known: {', '.join(METHODS)}.")
     results_dir = Path(results_dir)
-    name = name or cfg.dataset
+    default = cfg == RunConfig.fashion_mnist_cpu(dataset=cfg.dataset) and not quick_mode()
+    name = name or (cfg.dataset if default else f"{cfg.dataset}-{cfg.digest()}")
     csv_path = results_dir / f"{name}.csv"
     done = {(r["method"], r["seed"]) for r in read_results(csv_path) if r["config"] == cfg.digest()}
     todo = [(s, m) for s in seeds for m in methods if (m, s) not in done]
@@ -569,7 +572,7 @@ def reproduce(cfg: RunConfig, seeds: Sequence[int] = (0, 1, 2), methods: Sequenc
                 append_result(csv_path, row)
                 log(f"{method} seed {seed}: mAP e/c {row['map_e']}/{row['map_c']}, acc {row['accuracy']} "
                     f"({row['accuracy_from']}), train {row['train_seconds']} s, eval {row['eval_seconds']} s")
-                if save_students and seed == 0 and method == "indistill-paper" and cfg.use_zoo:
+                if save_students and default and seed == 0 and method == "indistill-paper" and cfg.use_zoo:
                     _save_student(student, cfg, row)
     rows = [r for r in read_results(csv_path) if r["config"] == cfg.digest()]
     write_report(rows, cfg, results_dir / f"{name}.md", results_dir / f"{name}.png")
