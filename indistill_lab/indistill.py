@@ -300,7 +300,7 @@ def auxiliary_pkt(teacher: nn.Module, cfg: RunConfig, train: Split, save: bool =
     if save and cfg.use_zoo:
         rel = f"{cfg.dataset}/auxiliary-pkt.pt"
         sha = zoo.save_model(aux, zoo.ZOO_DIR / rel)
-        zoo._record(zoo.ZOO_DIR, "auxiliary-pkt", {
+        zoo.record(zoo.ZOO_DIR, "auxiliary-pkt", {
             "file": rel, "sha256": sha, "dataset": cfg.dataset, "recipe": recipe, "seed": 0,
             "command": "python -m indistill_lab reproduce (stage: teacher -> auxiliary with PKT)",
             "epochs": cfg.aux_epochs, "optimizer": "adam", "batch_size": cfg.batch_size,
@@ -314,7 +314,7 @@ def prune_auxiliary(aux: nn.Module, cfg: RunConfig, train: Split | None = None) 
     kept inputs, so their features differ from the unpruned ones (see `KeptChannels`)."""
     student = build(cfg, "student")
     criterion = make_criterion(cfg.prune_criterion, train if train is not None else load_data(cfg)[0])
-    # Torch-Pruning traces the graph through autograd: a frozen copy (requires_grad False) would be left unpruned.
+    # A trainable copy: the Taylor criterion needs gradients, and the result is fine-tuned or distilled from.
     trainable = copy.deepcopy(aux).requires_grad_(True)
     pruned, report = prune_to_widths(trainable, student.widths, criterion, inplace=True)
     if pruned.widths != student.widths:
@@ -583,7 +583,7 @@ def _save_student(student: nn.Module, cfg: RunConfig, row: Mapping[str, Any]) ->
     rel = f"{cfg.dataset}/student-indistill.pt"
     sha = zoo.save_model(student, zoo.ZOO_DIR / rel)
     metrics = {k: row[k] for k in ("accuracy", "map_e", "map_c", "map_std_e", "map_std_c", "top100_e", "top100_c")}
-    zoo._record(zoo.ZOO_DIR, "student-indistill", {
+    zoo.record(zoo.ZOO_DIR, "student-indistill", {
         "file": rel, "sha256": sha, "dataset": cfg.dataset, "seed": 0, "config": asdict(cfg),
         "command": "python -m indistill_lab reproduce (method indistill-paper, seed 0)",
         "epochs": cfg.epochs, "train_seconds": row["train_seconds"], "torch": torch.__version__,

@@ -4,8 +4,10 @@ InDistill prunes the teacher's (or auxiliary's) layers down to the student's wid
 two can be distilled layer to layer without an encoder. This module decides *which* channels
 survive (a criterion) and removes the others coherently: every coupled layer (the next conv's
 input channels, the BN, the flattened fc input, residual additions) loses the same channels,
-so the result is a real, runnable smaller network whose kept channels compute exactly what
-they computed before. BN statistics and biases are sliced, never reset.
+so the result is a real, runnable smaller network. The first pruned layer's kept channels
+compute exactly what they computed before; deeper layers also lose the contributions of the
+removed input channels, so the pruned network equals the unpruned one with the removed
+channels masked to zero (`soft_prune`, tested). BN statistics and biases are sliced, never reset.
 
     pruned, report = prune_to_widths(auxiliary, student, L1())   # widths taken from the student
     masked = soft_prune(auxiliary, report)                        # same decision, as masks
@@ -260,11 +262,17 @@ class _Graph:
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()  # tracing runs a forward pass: eval mode keeps BN running stats untouched
+        # Torch-Pruning traces through autograd: a frozen model would yield an empty graph.
+        frozen = [p for p in model.parameters() if not p.requires_grad]
+        for p in frozen:
+            p.requires_grad_(True)
         try:
             self.dg = tp.DependencyGraph().build_dependency(
                 model, example_inputs=torch.zeros(1, *input_shape, device=device), verbose=False)
         finally:
             model.train(was_training)
+            for p in frozen:
+                p.requires_grad_(False)
         self.model = model
         self.modules = dict(model.named_modules())
         self.names = {m: n for n, m in self.modules.items()}
@@ -413,8 +421,8 @@ def prune_to_widths(
     """Prune `model`'s layers to `widths` (a per-stage list, a {path: width} dict, or a student model).
 
     Keeps the channels with the highest `criterion` scores (default L1) and removes the rest
-    from every coupled layer, so the result runs and its kept channels compute what they did
-    before. The input model is left untouched unless `inplace=True`. Returns the pruned model
+    from every coupled layer, so the result runs and equals the input model with those channels
+    masked to zero. Frozen models (requires_grad=False) are handled too. The input model is left untouched unless `inplace=True`. Returns the pruned model
     (same mode as the input) and a `PruneReport`.
 
         >>> from indistill_lab.models import build_model
@@ -428,6 +436,7 @@ def prune_to_widths(
                         f"got {type(criterion).__name__}.")
     input_shape = _infer_input_shape(model, input_shape)
     target = model if inplace else copy.deepcopy(model)
+    frozen = {name for name, p in target.named_parameters() if not p.requires_grad}
     graph = _Graph(target, input_shape)
     wanted = _widths_dict(graph, widths)
 
@@ -465,6 +474,9 @@ def prune_to_widths(
                 kept[graph.names[module]] = [i for i in range(_channels(module)) if i not in removed]
         if drop:
             group.prune()
+    for name, p in target.named_parameters():  # pruning replaces parameters: keep frozen ones frozen
+        if name in frozen:
+            p.requires_grad_(False)
     report = PruneReport(
         criterion=getattr(criterion, "name", type(criterion).__name__),
         widths_before=widths_before,

@@ -45,7 +45,7 @@ def read_manifest(zoo_dir: Path = ZOO_DIR) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {"models": {}}
 
 
-def _record(zoo_dir: Path, name: str, fields: dict[str, Any]) -> None:
+def record(zoo_dir: Path, name: str, fields: dict[str, Any]) -> None:
     """Update one model's manifest entry (read-modify-write, so parallel builds keep each other's entries)."""
     manifest = read_manifest(zoo_dir)
     manifest["models"].setdefault(name, {}).update(fields)
@@ -145,7 +145,7 @@ def build(names: list[str] | None = None, dataset: str = "fashion-mnist", zoo_di
         model = model.cpu().eval()
         rel = f"{dataset}/{name}.pt"
         sha = save_model(model, zoo_dir / rel)
-        _record(zoo_dir, name, {
+        record(zoo_dir, name, {
             "file": rel, "sha256": sha, "command": command, "seed": SEED, "dataset": dataset,
             "epochs": recipe["epochs"], "lr": 1e-3, "lr_schedule": {str(k): v for k, v in recipe["lr_schedule"].items()},
             "batch_size": 128, "optimizer": "adam", "train_seconds": round(time.perf_counter() - start, 1),
@@ -161,6 +161,6 @@ def evaluate_zoo(names: list[str] | None = None, dataset: str = "fashion-mnist",
                  zoo_dir: Path = ZOO_DIR) -> dict[str, Any]:
     """Re-measure accuracy and retrieval of shipped models (default: all) and record them in the manifest."""
     for name in names if names is not None else available(zoo_dir):
-        _record(zoo_dir, name, evaluate(load(name, zoo_dir), dataset))
+        record(zoo_dir, name, evaluate(load(name, zoo_dir), dataset))
         print(f"{name}: {read_manifest(zoo_dir)['models'][name]}", file=sys.stderr)
     return read_manifest(zoo_dir)

@@ -201,3 +201,14 @@ def test_surviving_channel_matrix_by_hand() -> None:
     z = _kept_matrix({"a": [0, 2]}, {"a": 3, "b": 2})  # "b" unpruned: all kept; past its width: NaN
     assert z[0].tolist() == [1.0, 0.0, 1.0]
     assert z[1, :2].tolist() == [1.0, 1.0] and math.isnan(z[1, 2])
+
+
+def test_frozen_model_is_pruned_and_stays_frozen():
+    from indistill_lab.models import build_model
+    from indistill_lab.pruning import prune_to_widths
+
+    frozen = build_model("auxiliary").requires_grad_(False)
+    pruned, report = prune_to_widths(frozen, [8, 16, 32])
+    assert pruned.widths == [8, 16, 32] and len(report.kept["stage1.conv1"]) == 8
+    assert not any(p.requires_grad for p in pruned.parameters())
+    assert not any(p.requires_grad for p in frozen.parameters()) and frozen.widths == [16, 32, 64]
