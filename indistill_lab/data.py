@@ -249,9 +249,14 @@ class Loader:
         self.data, self.batch_size, self.shuffle = data, batch_size, shuffle
         self.seed, self.transform, self.drop_last = seed, transform, drop_last
         self.epoch = 0
+        self.indices: torch.Tensor | None = None  # example indices of the batch last yielded
+
+    @property
+    def examples_per_epoch(self) -> int:
+        return len(self.data)
 
     def __len__(self) -> int:
-        n = len(self.data)
+        n = self.examples_per_epoch
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
@@ -262,10 +267,13 @@ class Loader:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         n = len(self.data)
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+        order = order[: self.examples_per_epoch]
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             x = self.data.x[idx]
             if self.transform is not None:
                 x = self.transform(x, g)
+            self.indices = idx
             yield x, self.data.y[idx]
+        self.indices = None
         self.epoch += 1

@@ -2,8 +2,8 @@
 epoch costs about as much as a plain student epoch.
 
 Without augmentation a frozen teacher's features for example `i` are the same in every epoch,
-yet the naive loop recomputes them for every batch. `IndexedLoader` is a `Loader` that remembers
-which example indices it yielded last; `FeatureCache` wraps a `(x, paths) -> features` function
+yet the naive loop recomputes them for every batch. A `Loader` remembers which example indices
+it yielded last (`IndexedLoader` adds short epochs); `FeatureCache` wraps a `(x, paths) -> features` function
 (a `TeacherFeatures` callable, as `CurriculumObjective` takes), computes the features of the whole
 training split on first use of each path and afterwards answers by slicing.
 
@@ -17,7 +17,7 @@ an augmented batch) is computed directly and counted in `misses`.
 """
 from __future__ import annotations
 
-from typing import Iterator, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 
@@ -26,11 +26,12 @@ from .data import BatchTransform, Loader, Split
 
 
 class IndexedLoader(Loader):
-    """A `Loader` that records the example indices of the batch it last yielded (`indices`).
+    """A `Loader` (which records the example indices of the batch it last yielded in `indices`)
+    whose epochs can be capped at `epoch_size` examples.
 
-    `epoch_size` caps an epoch at that many examples: each epoch takes the first `epoch_size`
-    of that epoch's seeded permutation, so short "epochs" still visit the whole split over time
-    (used to fit a curriculum counted in epochs into a small CPU budget).
+    Each epoch takes the first `epoch_size` of that epoch's seeded permutation, so short "epochs"
+    still visit the whole split over time (used to fit a curriculum counted in epochs into a small
+    CPU budget).
     """
 
     def __init__(self, data: Split, batch_size: int = 128, shuffle: bool = True, seed: int = 0,
@@ -41,25 +42,10 @@ class IndexedLoader(Loader):
             raise ValueError(f"epoch_size must be a positive number of examples or None (a full pass), "
                              f"got {epoch_size}.")
         self.epoch_size = min(epoch_size, len(data)) if epoch_size is not None else len(data)
-        self.indices: torch.Tensor | None = None
 
-    def __len__(self) -> int:
-        n = self.epoch_size
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        n = len(self.data)
-        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
-        for i in range(len(self)):
-            idx = order[i * self.batch_size:min((i + 1) * self.batch_size, self.epoch_size)]
-            x = self.data.x[idx]
-            if self.transform is not None:
-                x = self.transform(x, g)
-            self.indices = idx
-            yield x, self.data.y[idx]
-        self.indices = None
-        self.epoch += 1
+    @property
+    def examples_per_epoch(self) -> int:
+        return self.epoch_size
 
 
 class FeatureCache:
