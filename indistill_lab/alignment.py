@@ -16,6 +16,7 @@ from typing import Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+from .modes import eval_mode
 from .taps import Taps, get_module, tap
 
 
@@ -69,12 +70,8 @@ def _output_shapes(model: nn.Module, paths: Sequence[str], input_shape: Sequence
     for p in paths:
         get_module(model, p)  # unknown paths: a KeyError that lists the valid ones
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         out = tap(model, torch.zeros(2, *input_shape, device=device), paths)
-    finally:
-        model.train(was_training)
     return {p: tuple(v.shape[1:]) for p, v in out.items()}
 
 
@@ -227,11 +224,9 @@ def cka_matrix(
     Both models run in eval mode on the same batches; `batches` yields inputs or (x, y) tuples.
     """
     cells = [[MinibatchCKA() for _ in student_paths] for _ in teacher_paths]
-    modes = teacher.training, student.training
-    teacher.eval(), student.eval()
     device_t = next(teacher.parameters()).device
     device_s = next(student.parameters()).device
-    try:
+    with eval_mode(teacher), eval_mode(student):
         for b, batch in enumerate(batches):
             if max_batches is not None and b >= max_batches:
                 break
@@ -243,6 +238,4 @@ def cka_matrix(
             for i, tp_ in enumerate(teacher_paths):
                 for j, sp in enumerate(student_paths):
                     cells[i][j].update(tt[tp_].cpu(), st[sp].cpu())
-    finally:
-        teacher.train(modes[0]), student.train(modes[1])
     return torch.tensor([[c.value() for c in row] for row in cells])

@@ -23,7 +23,7 @@ construction and `check_models` checks it against a teacher and a student. `to_j
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .losses import LOSSES, DistillLoss, make_loss
+from .modes import eval_mode
 from .taps import Taps, get_module
 
 OUTPUT = "output"
@@ -253,10 +254,6 @@ class Curriculum:
         phases = tuple(Phase(t, s, loss, weight, start=0, epochs=epochs) for t, s in pairs)
         return cls(phases, final, total_epochs, **kwargs)
 
-    def with_phases(self, phases: Sequence[Phase]) -> "Curriculum":
-        """The same curriculum with other phases (validated again)."""
-        return replace(self, phases=tuple(phases))
-
     # -- JSON ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {"phases": [asdict(p) for p in self.phases],
@@ -335,14 +332,9 @@ def embedding_term(teacher: nn.Module, student: nn.Module, loss: str = "pkt", we
 
 def features(model: nn.Module, x: torch.Tensor, paths: Sequence[str]) -> dict[str, torch.Tensor]:
     """Detached features at `paths` (OUTPUT = the model's output), in eval mode (the mode is restored)."""
-    was_training = model.training
-    model.eval()
     taps = Taps(model, [p for p in paths if p != OUTPUT], detach=True)
-    try:
-        with torch.no_grad(), taps:
-            out = model(x)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad(), taps:
+        out = model(x)
     feats = dict(taps.outputs)
     if OUTPUT in paths:
         feats[OUTPUT] = out

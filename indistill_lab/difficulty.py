@@ -27,6 +27,7 @@ from .alignment import linear_cka
 from .curriculum import Curriculum, CurriculumObjective, Pair, Phase, features
 from .data import Loader, Split
 from .losses import FeatureMSE
+from .modes import eval_mode
 from .train import Callback, Trainer
 
 COLUMNS = ("one_minus_cka", "initial_mse", "epochs_to_fraction")
@@ -70,11 +71,8 @@ class _HeldOutLoss(Callback):
 
     def measure(self, trainer: Trainer) -> None:
         model = trainer.model
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             terms = trainer.objective(model, self.x.to(trainer.device), torch.zeros(len(self.x), dtype=torch.long), 0)
-        model.train(was_training)
         self.steps.append(trainer.step)
         self.losses.append(float(sum(terms.values())))
 

@@ -29,6 +29,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
+from .modes import eval_mode
 from .train import Callback, Trainer
 
 
@@ -46,10 +47,8 @@ def parameter_group(name: str, depth: int | None = None) -> str:
 @torch.no_grad()
 def sample_labels(model: nn.Module, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Labels drawn from the model's own predictive distribution p_w(y|x) (eval mode)."""
-    was_training = model.training
-    model.eval()
-    probs = F.softmax(model(x).float(), dim=1)
-    model.train(was_training)
+    with eval_mode(model):
+        probs = F.softmax(model(x).float(), dim=1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
@@ -103,12 +102,8 @@ def fisher_trace(
         g = grad(neg_log_lik)(params, xi, yi)
         return {k: sum(g[n].pow(2).sum() for n in names) for k, names in groups.items()}
 
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         per_example = vmap(squared_norms, chunk_size=chunk_size)(x, labels)
-    finally:
-        model.train(was_training)
     return {k: float(v.mean()) for k, v in per_example.items()}
 
 
@@ -119,17 +114,15 @@ def fisher_trace_loop(model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
     groups = _groups(model, depth)
     named = dict(model.named_parameters())
     totals = dict.fromkeys(groups, 0.0)
-    was_training = model.training
-    model.eval()
     try:
-        for xi, yi in zip(x, labels):
-            model.zero_grad(set_to_none=True)
-            F.cross_entropy(model(xi.unsqueeze(0)), yi.unsqueeze(0)).backward()
-            for k, names in groups.items():
-                totals[k] += sum(float(named[n].grad.pow(2).sum()) for n in names)
+        with eval_mode(model):
+            for xi, yi in zip(x, labels):
+                model.zero_grad(set_to_none=True)
+                F.cross_entropy(model(xi.unsqueeze(0)), yi.unsqueeze(0)).backward()
+                for k, names in groups.items():
+                    totals[k] += sum(float(named[n].grad.pow(2).sum()) for n in names)
     finally:
         model.zero_grad(set_to_none=True)
-        model.train(was_training)
     return {k: v / len(x) for k, v in totals.items()}
 
 

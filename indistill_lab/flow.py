@@ -29,6 +29,7 @@ import torch
 from captum.attr import LayerConductance, LayerGradCam
 from torch import nn
 
+from .modes import eval_mode
 from .taps import get_module
 
 
@@ -97,12 +98,6 @@ def connection_strength(model: nn.Module, layers: Sequence[FlowLayer]) -> list[t
     return out
 
 
-def _eval(model: nn.Module) -> bool:
-    was_training = model.training
-    model.eval()
-    return was_training
-
-
 def channel_attributions(model: nn.Module, x: torch.Tensor, target: int, layers: Sequence[FlowLayer] | None = None,
                          n_steps: int = 32, baseline: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Per-channel evidence for class `target` at each block (LayerConductance, summed over space,
@@ -110,16 +105,13 @@ def channel_attributions(model: nn.Module, x: torch.Tensor, target: int, layers:
     defaults to zeros (the dataset's mean image, since inputs are normalised)."""
     x = _one_input(x)
     layers = flow_layers(model) if layers is None else layers
-    was_training = _eval(model)
-    try:
-        out = []
+    out = []
+    with eval_mode(model):
         for layer in layers:
             cond = LayerConductance(model, get_module(model, layer.out))
             attr = cond.attribute(x, baselines=baseline, target=target, n_steps=n_steps).detach()
             per_channel = attr[0].sum(dim=(1, 2)).clamp_min(0)
             out.append(per_channel / per_channel.sum().clamp_min(1e-12))
-    finally:
-        model.train(was_training)
     return out
 
 
@@ -128,12 +120,9 @@ def attribution_maps(model: nn.Module, x: torch.Tensor, target: int,
     """Grad-CAM map (H_l, W_l) of class `target` at each block's output (ReLU applied): where the evidence lies."""
     x = _one_input(x)
     layers = flow_layers(model) if layers is None else layers
-    was_training = _eval(model)
-    try:
+    with eval_mode(model):
         return [LayerGradCam(model, get_module(model, layer.out)).attribute(x, target=target, relu_attributions=True)
                 .detach()[0, 0] for layer in layers]
-    finally:
-        model.train(was_training)
 
 
 def _one_input(x: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .config import default_device
+from .modes import eval_mode
 
 if TYPE_CHECKING:
     from .data import Split
@@ -18,13 +19,11 @@ def accuracy(model: nn.Module, data: Iterable[tuple[torch.Tensor, torch.Tensor]]
              device: torch.device | str | None = None) -> float:
     """Top-1 accuracy in [0, 1] over (x, y) batches, in eval mode (train mode is restored)."""
     device = torch.device(device) if device is not None else default_device()
-    was_training = model.training
-    model.eval()
     correct = total = 0
-    for x, y in data:
-        correct += int((model(x.to(device)).argmax(1) == y.to(device)).sum())
-        total += len(y)
-    model.train(was_training)
+    with eval_mode(model):
+        for x, y in data:
+            correct += int((model(x.to(device)).argmax(1) == y.to(device)).sum())
+            total += len(y)
     if total == 0:
         raise ValueError("accuracy() got no data.")
     return correct / total
@@ -35,11 +34,8 @@ def embeddings(model: nn.Module, x: torch.Tensor, batch_size: int = 1024,
                device: torch.device | str | None = None) -> torch.Tensor:
     """Penultimate features (`model.embed`) of all images in `x`, on the CPU, in eval mode."""
     device = torch.device(device) if device is not None else default_device()
-    was_training = model.training
-    model.eval()
-    out = torch.cat([model.embed(x[i:i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
-    model.train(was_training)
-    return out
+    with eval_mode(model):
+        return torch.cat([model.embed(x[i:i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -70,15 +66,13 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
             handles.append(m.register_forward_hook(conv_hook))
         elif isinstance(m, nn.Linear):
             handles.append(m.register_forward_hook(linear_hook))
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     try:
-        model(torch.zeros(1, *input_shape, device=device))
+        with eval_mode(model):
+            model(torch.zeros(1, *input_shape, device=device))
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     return total
 
 

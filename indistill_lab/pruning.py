@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 from torch.nn import functional as F
 
 from .metrics import count_flops, count_parameters
+from .modes import eval_mode
 
 TORCH_PRUNING_VERSION = "1.6.1"  # the API below was written against this version
 
@@ -201,26 +202,25 @@ class Taylor(Criterion):
         outputs: dict[str, torch.Tensor] = {}
         handles = [m.register_forward_hook(lambda _m, _i, out, p=p: outputs.__setitem__(p, out))
                    for p, m in taps.items()]
-        was_training, seen = model.training, 0
-        model.eval()
+        seen = 0
         device = next(model.parameters()).device
         try:
-            for x, y in self.batches:
-                if seen == self.num_batches:
-                    break
-                x, y = x.to(device), y.to(device)
-                with torch.enable_grad():
-                    loss = self.loss_fn(model, x, y)
-                    acts = [outputs[p] for p in taps]
-                    grads = torch.autograd.grad(loss, acts)
-                for p, a, g in zip(taps, acts, grads):
-                    dims = [d for d in range(a.dim()) if d != 1]
-                    sums[p] += ((a * g).sum(dims).abs() / len(x)).detach().cpu()
-                seen += 1
+            with eval_mode(model):
+                for x, y in self.batches:
+                    if seen == self.num_batches:
+                        break
+                    x, y = x.to(device), y.to(device)
+                    with torch.enable_grad():
+                        loss = self.loss_fn(model, x, y)
+                        acts = [outputs[p] for p in taps]
+                        grads = torch.autograd.grad(loss, acts)
+                    for p, a, g in zip(taps, acts, grads):
+                        dims = [d for d in range(a.dim()) if d != 1]
+                        sums[p] += ((a * g).sum(dims).abs() / len(x)).detach().cpu()
+                    seen += 1
         finally:
             for h in handles:
                 h.remove()
-            model.train(was_training)
         if seen == 0:
             raise ValueError("Taylor criterion got no batches: pass a loader or a list of (x, y) batches.")
         self._scores = {p: s / seen for p, s in sums.items()}
@@ -260,17 +260,15 @@ class _Graph:
 
     def __init__(self, model: nn.Module, input_shape: tuple[int, ...]) -> None:
         device = next(model.parameters()).device
-        was_training = model.training
-        model.eval()  # tracing runs a forward pass: eval mode keeps BN running stats untouched
         # Torch-Pruning traces through autograd: a frozen model would yield an empty graph.
         frozen = [p for p in model.parameters() if not p.requires_grad]
         for p in frozen:
             p.requires_grad_(True)
-        try:
-            self.dg = tp.DependencyGraph().build_dependency(
-                model, example_inputs=torch.zeros(1, *input_shape, device=device), verbose=False)
+        try:  # tracing runs a forward pass: eval mode keeps BN running stats untouched
+            with eval_mode(model):
+                self.dg = tp.DependencyGraph().build_dependency(
+                    model, example_inputs=torch.zeros(1, *input_shape, device=device), verbose=False)
         finally:
-            model.train(was_training)
             for p in frozen:
                 p.requires_grad_(False)
         self.model = model
