@@ -29,7 +29,7 @@ from indistill_lab.config import REPO_ROOT, seed_everything
 from indistill_lab.curriculum import Curriculum, CurriculumObjective, Phase, Term
 from indistill_lab.data import load_split
 from indistill_lab.feature_cache import FeatureCache, IndexedLoader
-from indistill_lab.indistill import Sources
+from indistill_lab.sources import Sources
 from indistill_lab.models import build_model
 from indistill_lab.pruning import prune_to_widths
 from indistill_lab.train import Trainer, cross_entropy

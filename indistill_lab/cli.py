@@ -8,6 +8,8 @@ import sys
 
 from . import zoo
 from .data import ensure_fashion_mnist
+from .methods import method_names
+from .train import OPTIMIZER_STATE_POLICIES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,8 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("--a", type=int, help="curriculum constant: layer k for a + k epochs (default 0, or 2 with --paper)")
     rp.add_argument("--epoch-size", type=int, help="examples per epoch, 0 = full pass (default 12000, or 0 with --paper)")
     rp.add_argument("--lr-drop-epoch", type=int, help="epoch from which lr is 1e-4 (default: epochs - 2, or 60)")
-    rp.add_argument("--final-loss", choices=["pkt", "kd"], default="pkt", help="final-layer KD of InDistill")
-    rp.add_argument("--methods", nargs="+", metavar="NAME", help="subset of methods (default all)")
+    rp.add_argument("--optimizer-state", choices=OPTIMIZER_STATE_POLICIES,
+                    help="Adam's state at curriculum boundaries, for every method alike: kept for the run, cleared "
+                         "at each phase change, or cleared each epoch (default: epoch, the reference code's protocol)")
+    rp.add_argument("--methods", nargs="+", metavar="NAME",
+                    help=f"subset of methods (default all: {', '.join(method_names())})")
+    rp.add_argument("--workers", type=int, default=1,
+                    help="worker processes of one thread each (rows are the same as a sequential run)")
     rp.add_argument("--no-cache", action="store_true", help="recompute teacher targets every batch")
     args = parser.parse_args(argv)
     if args.command == "data":
@@ -43,10 +50,11 @@ def main(argv: list[str] | None = None) -> int:
             zoo.evaluate_zoo(args.only, args.dataset)
         print(json.dumps(zoo.read_manifest()["models"], indent=2))
     elif args.command == "reproduce":
-        from .indistill import RunConfig, markdown_summary, reproduce
+        from .experiments.reproduce import markdown_summary, reproduce
+        from .pipeline import RunConfig
 
         changes = {k: v for k, v in {"epochs": args.epochs, "a": args.a, "lr_drop_epoch": args.lr_drop_epoch,
-                                     "final_loss": args.final_loss}.items() if v is not None}
+                                     "optimizer_state": args.optimizer_state}.items() if v is not None}
         if args.epoch_size is not None:
             changes["epoch_size"] = args.epoch_size or None
         if args.no_cache:
@@ -58,8 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.paper:
             cfg = RunConfig.paper(args.dataset, **changes)
         else:
-            cfg = RunConfig.fashion_mnist_cpu(dataset=args.dataset, **changes)
-        rows = reproduce(cfg, range(args.seeds), args.methods, log=lambda m: print(m, flush=True))
+            cfg = RunConfig(dataset=args.dataset, **changes)
+        rows = reproduce(cfg, range(args.seeds), args.methods, workers=args.workers,
+                         log=lambda m: print(m, flush=True))
         print(markdown_summary(rows))
     return 0
 

@@ -117,6 +117,11 @@ class Curriculum:
             terms.append(self.final)
         return terms
 
+    def phase_starts(self) -> list[int]:
+        """Epochs at which the set of active terms changes (where a 'phase' optimizer policy resets)."""
+        keys = [[t.key for t in self.active_terms(e)] for e in range(self.total_epochs)]
+        return [e for e in range(1, self.total_epochs) if keys[e] != keys[e - 1]]
+
     def outside_critical(self) -> list[Phase]:
         """Phases that end after the critical period (empty when no critical period is set)."""
         if self.critical_end is None:
@@ -381,6 +386,10 @@ class CurriculumObjective(nn.Module):
                                         self.teacher_targets(example, curriculum.layers("teacher")))
         self._slot = {spec: f"term{i}" for i, spec in enumerate(built)}
         self.losses = nn.ModuleDict({self._slot[spec]: loss for spec, loss in built.items()})
+
+    def phase_starts(self) -> list[int]:
+        """The curriculum's phase boundaries (read by the Trainer's optimizer-state policy)."""
+        return self.curriculum.phase_starts()
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters of the losses themselves (FitNets connectors); empty for parameter-free losses."""

@@ -552,9 +552,6 @@ def widths_for_ratio(model: nn.Module, ratio: float | Sequence[float]) -> list[i
     return [max(1, round(w * (1 - r))) for w, r in zip(stages, ratios)]
 
 
-# ------------------------------------------------------------------------------------------
-# Measuring a pruned model: accuracy and retrieval mAP before and after a short fine-tune.
-# ------------------------------------------------------------------------------------------
 def make_criterion(name: str, train: "Split", seed: int = 0, batch_size: int = 64) -> Criterion:
     """A built-in criterion by name; Taylor gets its batches from `train` (seeded)."""
     from .data import Loader
@@ -563,72 +560,3 @@ def make_criterion(name: str, train: "Split", seed: int = 0, batch_size: int = 6
     if name not in known:
         raise KeyError(f"Unknown criterion {name!r}. Known: {', '.join(known)}.")
     return known[name]
-
-
-def evaluate_pruning(
-    model: nn.Module,
-    ratio: float | Sequence[float],
-    criterion: str,
-    train: "Split",
-    queries: "Split",
-    database: "Split",
-    finetune_epochs: int = 1,
-    lr: float = 1e-3,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Prune a ConvNet by `ratio` (one, or one per stage) with a named criterion and measure it.
-
-    Returns JSON-ready numbers: accuracy on `queries` and retrieval mAP (11-point, Euclidean;
-    queries against `database`) right after pruning and after `finetune_epochs` of
-    cross-entropy on `train` (Adam, `lr`), plus widths, params, MACs and the kept channels of
-    each stage's convs.
-    """
-    from .data import Loader
-    from .metrics import accuracy, evaluate_retrieval
-    from .train import Trainer
-
-    def measure(m: nn.Module) -> tuple[float, float]:
-        acc = accuracy(m, Loader(queries, 1000, shuffle=False), "cpu")
-        ret = evaluate_retrieval(m, queries, database, device="cpu")["euclidean"]["map_11pt"]
-        return round(acc, 4), round(ret, 4)
-
-    widths = widths_for_ratio(model, ratio)
-    pruned, report = prune_to_widths(model, widths, make_criterion(criterion, train, seed))
-    acc, ret = measure(pruned)
-    acc_ft = ret_ft = None
-    if finetune_epochs > 0:
-        Trainer(pruned, lr=lr, device="cpu", progress=False, seed=seed).fit(
-            Loader(train, 128, shuffle=True, seed=seed), finetune_epochs)
-        acc_ft, ret_ft = measure(pruned.eval())
-    convs = {p for p, m in model.named_modules() if isinstance(m, nn.Conv2d)}
-    return {"criterion": criterion, "ratio": ratio, "widths": widths, "acc": acc, "map": ret,
-            "acc_ft": acc_ft, "map_ft": ret_ft, "params": report.params_after, "macs": report.flops_after,
-            "kept": {p: k for p, k in report.kept.items() if p in convs}}
-
-
-def pruning_sweep(
-    model: nn.Module,
-    criteria_names: Sequence[str],
-    ratios: Sequence[float],
-    train: "Split",
-    queries: "Split",
-    database: "Split",
-    finetune_epochs: int = 1,
-    per_stage_finetune: bool = False,
-    seed: int = 0,
-) -> list[dict[str, Any]]:
-    """`evaluate_pruning` over a grid, for a notebook to browse: every criterion x every ratio
-    `r`, applied to all stages at once (`mode` "all") and to one stage at a time (`mode`
-    "stage1", ...; fine-tuned only if `per_stage_finetune`, to keep the sweep cheap)."""
-    rows = []
-    stages = len(model.widths)
-    for name in criteria_names:
-        for r in ratios:
-            rows.append({"mode": "all", "r": r, **evaluate_pruning(
-                model, r, name, train, queries, database, finetune_epochs, seed=seed)})
-            for s in range(stages):
-                per_stage = [r if i == s else 0.0 for i in range(stages)]
-                rows.append({"mode": f"stage{s + 1}", "r": r, **evaluate_pruning(
-                    model, per_stage, name, train, queries, database,
-                    finetune_epochs if per_stage_finetune else 0, seed=seed)})
-    return rows

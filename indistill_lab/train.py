@@ -11,6 +11,11 @@ The loop is deliberately plain so a student can read it top to bottom:
 An *objective* is any callable `(model, x, y, epoch) -> dict[str, Tensor]`; cross-entropy
 is the default, the curriculum of distillation terms is another. If it has a
 `trainable_parameters()` method (e.g. a FitNets connector), those are optimised too.
+`optimizer_state` says what happens to the optimizer's state (Adam's moments and step count)
+at curriculum boundaries: kept for the whole run ("run"), cleared when the objective's phase
+changes ("phase": the epochs listed by its `phase_starts()`), or cleared at every epoch
+("epoch", what the InDistill reference does by re-creating Adam each epoch). It matters: a
+phase of large-gradient MSE leaves a second moment that stalls the next, small-gradient phase.
 A non-finite loss or Ctrl-C stops training cleanly: the model is put back to the last
 finished epoch and the checkpoint on disk is never half-written.
 """
@@ -68,6 +73,9 @@ class Callback:
     def on_train_end(self, trainer: "Trainer") -> None: ...
 
 
+OPTIMIZER_STATE_POLICIES = ("run", "phase", "epoch")
+
+
 def make_optimizer(params: Iterable[nn.Parameter], name: str = "adam", lr: float = 1e-3,
                    weight_decay: float = 0.0, momentum: float = 0.9) -> torch.optim.Optimizer:
     """Adam (the paper's choice) or SGD with Nesterov momentum."""
@@ -76,6 +84,19 @@ def make_optimizer(params: Iterable[nn.Parameter], name: str = "adam", lr: float
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
     raise ValueError(f"Unknown optimizer {name!r}: use 'adam' or 'sgd'.")
+
+
+def resets_optimizer(policy: str, epoch: int, phase_starts: Iterable[int] = ()) -> bool:
+    """Whether the optimizer's state is cleared at the start of `epoch` under `policy`.
+
+    Epoch 0 always starts from an empty state, so it never counts as a reset.
+    """
+    if policy not in OPTIMIZER_STATE_POLICIES:
+        raise ValueError(f"Unknown optimizer_state policy {policy!r}: use one of {', '.join(OPTIMIZER_STATE_POLICIES)} "
+                         "(kept for the run, cleared at each phase change, cleared every epoch).")
+    if epoch == 0 or policy == "run":
+        return False
+    return policy == "epoch" or epoch in set(phase_starts)
 
 
 def lr_for_epoch(schedule: dict[int, float], base_lr: float, epoch: int) -> float:
@@ -112,7 +133,10 @@ class Trainer:
         callbacks: Iterable[Callback] = (),
         progress: bool = True,
         seed: int = 0,
+        optimizer_state: str = "run",
     ) -> None:
+        resets_optimizer(optimizer_state, 0)  # validates the policy name before anything is built
+        self.optimizer_state = optimizer_state
         self.device = torch.device(device) if device is not None else default_device()
         seed_everything(seed)
         self.model, self.objective = model.to(self.device), objective
@@ -194,7 +218,13 @@ class Trainer:
         warnings.warn(f"Training stopped: {reason}. The model is back at the end of epoch {self.epoch}{kept}.",
                       stacklevel=3)
 
+    def _phase_starts(self) -> list[int]:
+        starts = getattr(self.objective, "phase_starts", None)
+        return list(starts()) if callable(starts) else []
+
     def _run_epoch(self, train: Loader, epochs: int) -> dict[str, float] | None:
+        if resets_optimizer(self.optimizer_state, self.epoch, self._phase_starts()):
+            self.optimizer.state.clear()  # the same as a freshly created optimizer, lr kept
         lr = lr_for_epoch(self.lr_schedule, self.base_lr, self.epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -233,10 +263,3 @@ class Trainer:
         logs.update(epoch=self.epoch + 1, lr=lr, seconds=time.perf_counter() - start)
         return logs
 
-
-def train(model: nn.Module, train_data: Loader, epochs: int, eval_data: Loader | None = None,
-          **trainer_kwargs: Any) -> History:
-    """One-call training: build a `Trainer`, resume from its checkpoint if present, fit."""
-    trainer = Trainer(model, **trainer_kwargs)
-    trainer.resume()
-    return trainer.fit(train_data, epochs, eval_data)

@@ -189,7 +189,8 @@ def test_editor_sliders_rules_and_timeline():
 
 
 def test_compare_curricula_records_terms_and_retrieval_and_view_browses_them():
-    from indistill_lab.viz.curriculum import ComparisonView, compare_curricula
+    from indistill_lab.experiments.curriculum import compare_curricula
+    from indistill_lab.viz.curriculum import ComparisonView
 
     teacher = build_model("student")
     runs = {"paper": Curriculum.sequential(PAIRS[:1], [1], FINAL, 2),

@@ -8,8 +8,10 @@ import torch
 from indistill_lab.curriculum import features
 from indistill_lab.data import Loader, crop_flip
 from indistill_lab.feature_cache import FeatureCache, IndexedLoader
-from indistill_lab.indistill import (KeptChannels, RunConfig, Sources, build, markdown_summary, mean_std,
-                                     method_curriculum, prepare, prune_auxiliary, read_results, reproduce, train_student)
+from indistill_lab.experiments.reproduce import markdown_summary, mean_std, read_results, reproduce
+from indistill_lab.methods import Context, get_method
+from indistill_lab.pipeline import RunConfig, build, prepare, prune_auxiliary
+from indistill_lab.sources import KeptChannels, Sources
 from indistill_lab.losses import FeatureMSE
 from indistill_lab.train import Callback
 
@@ -69,8 +71,12 @@ def test_sources_reject_unknown_model_prefix():
 
 
 def test_config_checks_and_presets():
-    with pytest.raises(ValueError, match="final_loss"):
-        RunConfig(final_loss="mse")
+    with pytest.raises(ValueError, match="optimizer_state"):
+        RunConfig(optimizer_state="never")
+    with pytest.raises(ValueError, match="lr_drop_epoch"):
+        RunConfig(lr_drop_epoch=-1)
+    with pytest.raises(ValueError, match="learning rates must be > 0"):
+        RunConfig(lr=-1e-3)
     with pytest.raises(ValueError, match="no epoch for the final term"):
         RunConfig(epochs=6, a=0)  # 1 + 2 + 3 intermediate epochs leave nothing
     with pytest.raises(ValueError, match="cache=False"):
@@ -82,9 +88,10 @@ def test_config_checks_and_presets():
     teacher, aux = build(paper, "teacher"), build(paper, "auxiliary")
     assert type(teacher).__name__ == "PreActResNet18"
     assert sum(p.numel() for p in aux.parameters()) < 60_000  # the paper's ~58k auxiliary (padding 0)
-    cpu = RunConfig.fashion_mnist_cpu()
+    cpu = RunConfig()
     assert (cpu.epochs, cpu.epoch_size, cpu.a, cpu.lr_schedule) == (15, 12_000, 0, {13: 1e-4})
-    assert cpu.digest() == RunConfig().digest() != RunConfig(a=1).digest()
+    assert cpu.optimizer_state == "epoch"  # the reference code's protocol is the default
+    assert cpu.digest() != RunConfig(a=1).digest() != RunConfig(optimizer_state="run").digest()
 
 
 def _sources(cfg: RunConfig) -> Sources:
@@ -94,28 +101,32 @@ def _sources(cfg: RunConfig) -> Sources:
     return Sources(teacher=build(cfg, "teacher"), aux=aux, pruned=prune_to_widths(aux, [8, 16, 32])[0])
 
 
+def _curriculum(method: str, sources: Sources, student, cfg: RunConfig, train=None):
+    return get_method(method).curriculum(student, Context(cfg, train, sources))
+
+
 def test_method_curricula_follow_their_definitions(tiny_split):
     cfg = RunConfig(a=1, epochs=12)
     sources, student = _sources(cfg), build(cfg, "student")
-    paper = method_curriculum("indistill-paper", sources, student, cfg)
+    paper = _curriculum("indistill-paper", sources, student, cfg)
     assert [(p.teacher, p.student, p.start, p.epochs) for p in paper.phases] == [
         ("pruned.stage1", "stage1", 0, 2), ("pruned.stage2", "stage2", 2, 3), ("pruned.stage3", "stage3", 5, 4)]
     assert (paper.final.teacher, paper.final.loss, paper.final_begins) == ("aux.act_fc1", "pkt", 9)
-    together = method_curriculum("indistill-all-at-once", sources, student, cfg)
+    together = _curriculum("indistill-all-at-once", sources, student, cfg)
     assert {(p.start, p.epochs) for p in together.phases} == {(0, 9)}
-    fitnets = method_curriculum("fitnets", sources, student, cfg)
+    fitnets = _curriculum("fitnets", sources, student, cfg)
     assert {p.loss for p in fitnets.phases} == {"fitnets"} and fitnets.phases[0].teacher == "aux.stage1"
-    kd = method_curriculum("hinton-kd", sources, student, cfg)
+    kd = _curriculum("hinton-kd", sources, student, cfg)
     assert (kd.phases, kd.final.teacher, kd.final.loss, kd.final_begins) == ((), "teacher.classifier", "kd", 0)
-    hard = method_curriculum("indistill-difficulty", sources, student, cfg, tiny_split.x)
+    hard = _curriculum("indistill-difficulty", sources, student, cfg, tiny_split)
     assert sum(p.epochs for p in hard.phases) == 9 and all(p.epochs >= 1 for p in hard.phases)
-    assert method_curriculum("student-ce", sources, student, cfg) is None
-    with pytest.raises(ValueError, match="probe"):
-        method_curriculum("indistill-difficulty", sources, student, cfg)
+    assert _curriculum("student-ce", sources, student, cfg) is None
     with pytest.raises(KeyError, match="Known"):
-        method_curriculum("indistill", sources, student, cfg)
-    kd_final = method_curriculum("indistill-paper", sources, student, RunConfig(a=1, epochs=12, final_loss="kd"))
-    assert (kd_final.final.teacher, kd_final.final.student) == ("teacher.classifier", "classifier")
+        get_method("indistill")
+    warm = _curriculum("indistill-kd", sources, student, cfg)  # InDistill's phases, then Hinton KD
+    assert [p.teacher for p in warm.phases] == [p.teacher for p in paper.phases]
+    assert (warm.final.teacher, warm.final.student, warm.final.loss) == ("teacher.classifier", "classifier", "kd")
+    assert get_method("indistill-kd").trains_head(warm) and not get_method("indistill-paper").trains_head(paper)
 
 
 def test_kept_channels_are_the_unpruned_features_and_differ_from_the_pruned_network_deeper(tiny_split):
@@ -132,7 +143,7 @@ def test_kept_channels_are_the_unpruned_features_and_differ_from_the_pruned_netw
     assert len(idx2) == 16 and torch.equal(view["stage2"], full["stage2"][:, idx2])
     torch.testing.assert_close(coherent["stage1"], view["stage1"])  # first stage: same inputs, same outputs
     assert not torch.allclose(coherent["stage2"], view["stage2"])  # deeper: the pruned inputs are missing
-    c = method_curriculum("indistill-kept-channels", Sources(aux=aux, kept=kept), build(cfg, "student"), cfg)
+    c = _curriculum("indistill-kept-channels", Sources(aux=aux, kept=kept), build(cfg, "student"), cfg)
     assert [p.teacher for p in c.phases] == ["kept.stage1", "kept.stage2", "kept.stage3"]
 
 
@@ -144,7 +155,7 @@ def test_mean_std_and_table_by_hand():
             dict(row, method="pkt", seed=0, accuracy_from="probe", map_e=55.0)]
     table = markdown_summary(rows)
     assert "| pkt | 1 | **55.00 ± 0.00** |" in table and "80.00 ± 0.00*" in table
-    assert table.index("student-ce") < table.index("| pkt")  # METHODS order
+    assert table.index("student-ce") < table.index("| pkt")  # registry order
 
 
 TINY = dict(epochs=7, a=0, epoch_size=None, lr_drop_epoch=6, aux_epochs=1, teacher_epochs=1,
@@ -174,7 +185,7 @@ def test_pipeline_end_to_end(tmp_path):
 
 def test_distillation_moves_student_toward_pruned_auxiliary():
     cfg = RunConfig(**{**TINY, "a": 2, "epochs": 13, "lr_drop_epoch": 13, "batch_size": 32}, lr=3e-3)
-    prep = prepare(cfg, save_aux=False, log=lambda m: None)
+    prep = prepare(cfg, log=lambda m: None)
     x, paths = prep.test.x[:128], prep.pruned.stage_paths
     targets = features(prep.pruned, x, paths)
 
@@ -188,9 +199,9 @@ def test_distillation_moves_student_toward_pruned_auxiliary():
 
     torch.manual_seed(0)
     seen = [distance(build(cfg, "student"))]
-    _, trainer, curriculum = train_student("indistill-paper", prep.sources, cfg, prep.train, seed=0,
-                                           callbacks=[Track()])
+    trained = get_method("indistill-paper").train(Context(cfg, prep.train, prep.sources), seed=0, callbacks=[Track()])
+    curriculum = trained.curriculum
     for k, phase in enumerate(curriculum.phases):  # held-out MSE of layer k falls during its own phase
         assert seen[phase.end][k] < 0.8 * seen[phase.start][k], (k, seen)
-    logged = trainer.history.epochs
+    logged = trained.history.epochs
     assert "mse/stage1" in logged[0] and "mse/stage1" not in logged[3] and "pkt/act_fc1" in logged[12]

@@ -1,0 +1,158 @@
+"""What a method is, and the registry that lists them.
+
+A method trains one student for one seed from a `Context` (the run configuration, the data and
+the knowledge sources). Most methods only say *what* to distil: they return a `Curriculum` and
+the shared `Trainer` runs it with the configuration's optimizer-state policy. A method that
+changes the loop itself (several models at once, state across batches) overrides `train`.
+
+    @register
+    class MyMethod(Method):
+        name = "my-method"
+        description = "what it does, in one line"
+        def curriculum(self, student, ctx): return Curriculum((), Term("aux.act_fc1", "act_fc1", "pkt"), ctx.cfg.epochs)
+
+Adding a method is adding one file to `indistill_lab/methods/`: every module there is imported
+when the package is, so its `@register` runs and the CLI, `reproduce` and the notebooks see it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterable
+
+import torch
+from torch import nn
+
+from ..config import seed_everything
+from ..curriculum import OUTPUT, Curriculum, CurriculumObjective
+from ..data import Split
+from ..feature_cache import FeatureCache, IndexedLoader
+from ..pipeline import RunConfig, build, make_loader, targets
+from ..sources import Sources
+from ..train import Callback, History, Trainer, cross_entropy
+
+
+@dataclass
+class Context:
+    """What a method trains from: configuration, training data, knowledge sources and (optionally) a
+    loader and a feature cache shared across methods of one reproduce."""
+
+    cfg: RunConfig
+    train: Split
+    sources: Sources | None = None
+    loader: IndexedLoader | None = None
+    cache: FeatureCache | None = None
+
+    def loader_for(self, seed: int) -> IndexedLoader:
+        """The shared loader when one was given, else the configuration's loader for `seed`."""
+        return self.loader if self.loader is not None else make_loader(self.cfg, self.train, seed)
+
+    def require_sources(self, method: str) -> Sources:
+        if self.sources is None:
+            raise ValueError(f"{method} learns from a teacher: build the context with sources, e.g. "
+                             "Context(cfg, train, prepare(cfg).sources).")
+        return self.sources
+
+
+@dataclass
+class Trained:
+    """A method's result: the student to evaluate (backbone only), its history and its schedule."""
+
+    student: nn.Module
+    history: History
+    trains_head: bool
+    curriculum: Curriculum | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def phases(self) -> list[list[Any]]:
+        """[student layer, start epoch, epochs] per curriculum phase (the results CSV's 'phases')."""
+        return [] if self.curriculum is None else [[p.student, p.start, p.epochs] for p in self.curriculum.phases]
+
+
+class Method:
+    """A training recipe for a student. Subclasses set `name` and `description` and override
+    `curriculum` (distillation through the shared Trainer) or `train` (their own loop)."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+
+    def curriculum(self, student: nn.Module, ctx: Context) -> Curriculum | None:
+        """The distillation schedule, or None for cross-entropy alone."""
+        return None
+
+    def trains_head(self, curriculum: Curriculum | None) -> bool:
+        """Whether the classifier is trained (otherwise accuracy comes from a linear probe)."""
+        return curriculum is None or any(t.student in ("classifier", OUTPUT) for t in curriculum.terms())
+
+    def source_layers(self, ctx: Context) -> list[str]:
+        """Source layers this method reads (so a reproduce can cache every method's targets up front)."""
+        c = self.curriculum(build(ctx.cfg, "student"), ctx)
+        return c.layers("teacher") if c is not None else []
+
+    def train(self, ctx: Context, seed: int = 0, callbacks: Iterable[Callback] = (),
+              progress: bool = False) -> Trained:
+        """A fresh student (random init from `seed`) trained by the shared Trainer with this method's
+        curriculum, the configuration's optimiser, lr schedule and optimizer-state policy."""
+        seed_everything(seed)
+        student = build(ctx.cfg, "student")
+        loader = ctx.loader_for(seed)
+        curriculum = self.curriculum(student, ctx)
+        if curriculum is None:
+            objective: Any = cross_entropy
+        else:
+            sources = ctx.require_sources(self.name)
+            objective = CurriculumObjective(curriculum, sources, student, example=ctx.train.x[:4],
+                                            teacher_features=targets(ctx.cfg, sources, loader, ctx.cache))
+        trainer = Trainer(student, objective, lr=ctx.cfg.lr, lr_schedule=ctx.cfg.lr_schedule, seed=seed,
+                          callbacks=callbacks, progress=progress, optimizer_state=ctx.cfg.optimizer_state)
+        trainer.fit(loader, ctx.cfg.epochs)
+        if trainer.history.stopped:
+            raise RuntimeError(f"{self.name}: training stopped ({trainer.history.stopped}).")
+        return Trained(student.cpu().eval(), trainer.history, self.trains_head(curriculum), curriculum)
+
+    def __repr__(self) -> str:
+        return f"<method {self.name}: {self.description}>"
+
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a method available under `cls.name`."""
+    if not cls.name or not cls.description:
+        raise ValueError(f"{cls.__name__} needs a `name` and a one-line `description` to be registered.")
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"Two methods are named {cls.name!r}: {_REGISTRY[cls.name].__name__} and {cls.__name__}.")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def method_names() -> list[str]:
+    """Every registered method, in registration order (baselines first)."""
+    return list(_REGISTRY)
+
+
+def describe() -> dict[str, str]:
+    """Name -> one-line description of every registered method."""
+    return {name: cls.description for name, cls in _REGISTRY.items()}
+
+
+def get_method(name: str) -> Method:
+    """The method registered under `name`; an unknown name lists the known ones."""
+    if name not in _REGISTRY:
+        raise KeyError(f"Unknown method {name!r}. Known: {', '.join(_REGISTRY)}.")
+    return _REGISTRY[name]()
+
+
+def check_names(names: Iterable[str]) -> list[str]:
+    """`names` as a list, after checking that each is registered (one error lists every unknown one)."""
+    names = list(names)
+    unknown = [n for n in names if n not in _REGISTRY]
+    if unknown:
+        raise KeyError(f"Unknown method(s) {', '.join(unknown)}. Known: {', '.join(_REGISTRY)}.")
+    return names
+
+
+def probe_batch(ctx: Context) -> torch.Tensor:
+    """A batch of real training inputs for measurements made before training (e.g. layer difficulty)."""
+    return ctx.train.x[:512]
