@@ -1,0 +1,160 @@
+"""The method registry and the protocol pieces every method shares: one entry point trains any
+registered method; the optimizer-state policy; the reference code's targets; variants never
+write into the committed zoo."""
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+from torch import nn
+
+from indistill_lab import pipeline, zoo
+from indistill_lab.curriculum import Curriculum, CurriculumObjective, Term, features
+from indistill_lab.data import Loader
+from indistill_lab.methods import Context, Method, get_method, method_names, register
+from indistill_lab.pipeline import RunConfig, build, prepare
+from indistill_lab.pruning import prune_to_widths
+from indistill_lab.sources import ReferenceTargets
+from indistill_lab.train import Callback, Trainer, resets_optimizer
+
+TINY = dict(epochs=7, a=0, epoch_size=64, lr_drop_epoch=6, aux_epochs=1, teacher_epochs=1, finetune_epochs=1,
+            train_size=128, test_size=64, use_zoo=False, batch_size=32)
+
+
+@pytest.fixture(scope="module")
+def tiny_prep():
+    """The shared stages at toy size (no zoo, a 1-epoch teacher): enough to run every method one step."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("INDISTILL_QUICK", "1")
+        cfg = RunConfig(**TINY)
+        return cfg, prepare(cfg, log=lambda m: None)
+
+
+def test_registry_lists_methods_and_unknown_names_list_the_known_ones():
+    names = method_names()
+    assert names[:4] == ["student-ce", "hinton-kd", "pkt", "fitnets"]  # baselines first
+    for name in ("indistill-paper", "indistill-reference", "indistill-finetuned", "indistill-kd"):
+        assert name in names
+    assert all(get_method(n).description for n in names)
+    with pytest.raises(KeyError, match="Known: student-ce, hinton-kd"):
+        get_method("indistil-paper")
+
+
+def test_registering_a_nameless_or_duplicate_method_fails():
+    class Nameless(Method):
+        description = "no name"
+    with pytest.raises(ValueError, match="needs a `name`"):
+        register(Nameless)
+
+    class Twin(Method):
+        name, description = "pkt", "a second 'pkt'"
+    with pytest.raises(ValueError, match="Two methods are named 'pkt'"):
+        register(Twin)
+
+
+class _Stop(Callback):
+    """Stops training after the first step (Ctrl-C semantics), so each method costs one batch."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def on_batch_end(self, trainer, logs):
+        self.steps += 1
+        self.logs = logs
+        raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_every_method_trains_one_step_through_the_same_entry_point(name, tiny_prep):
+    cfg, prep = tiny_prep
+    stop = _Stop()
+    method = get_method(name)
+    with pytest.raises(RuntimeError, match="training stopped"), pytest.warns(UserWarning, match="stopped"):
+        method.train(Context(cfg, prep.train, prep.sources), seed=0, callbacks=[stop])
+    assert stop.steps == 1 and all(torch.isfinite(torch.tensor(v)) for v in stop.logs.values())
+
+
+def _two_phase_objective(student: nn.Module, teacher: nn.Module) -> CurriculumObjective:
+    c = Curriculum.sequential([("stage1", "stage1")], [2], Term("act_fc1", "act_fc1", "pkt"), total_epochs=4)
+    return CurriculumObjective(c, teacher, student)
+
+
+class _StateAtFirstStep(Callback):
+    """Records, at the first step of each epoch, how many steps Adam had taken before it."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+        self._epoch = -1
+
+    def on_batch_end(self, trainer, logs):
+        if trainer.epoch != self._epoch:
+            self._epoch = trainer.epoch
+            state = next(iter(trainer.optimizer.state.values()))
+            self.steps.append(int(state["step"]))
+
+
+@pytest.mark.parametrize("policy, expected", [("run", [1, 5, 9, 13]), ("phase", [1, 5, 1, 5]),
+                                              ("epoch", [1, 1, 1, 1])])
+def test_optimizer_state_policy_is_honoured(policy, expected, tiny_split):
+    """4 batches per epoch; the curriculum switches from MSE to PKT at epoch 2. Adam's step count at the
+    first step of each epoch shows whether its state was kept (run), cleared at the switch, or every epoch."""
+    torch.manual_seed(0)
+    teacher, student = build_model_pair()
+    record = _StateAtFirstStep()
+    Trainer(student, _two_phase_objective(student, teacher), optimizer_state=policy, callbacks=[record],
+            progress=False, device="cpu").fit(Loader(tiny_split, 16, seed=0), 4)
+    assert record.steps == expected
+
+
+def build_model_pair() -> tuple[nn.Module, nn.Module]:
+    cfg = RunConfig()
+    return build(cfg, "student").eval(), build(cfg, "student")
+
+
+def test_policy_names_are_checked():
+    assert resets_optimizer("phase", 2, [2]) and not resets_optimizer("phase", 3, [2])
+    assert not resets_optimizer("epoch", 0) and resets_optimizer("epoch", 5)
+    with pytest.raises(ValueError, match="run, phase, epoch"):
+        Trainer(nn.Linear(2, 2), optimizer_state="never")
+
+
+def test_reference_targets_equal_an_isolated_pruned_conv_with_batch_statistics_bn():
+    torch.manual_seed(0)
+    aux = build(RunConfig(), "auxiliary")
+    for m in aux.modules():  # non-trivial BN parameters, so beta=0 and kept gammas are visible
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data.uniform_(0.5, 1.5), m.bias.data.uniform_(-1, 1)
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2)
+    aux.eval().requires_grad_(False)
+    _, report = prune_to_widths(aux, [8, 16, 32])
+    ref = ReferenceTargets.from_report(aux, report).eval()  # eval mode must not switch BN to running stats
+    x = torch.randn(16, 1, 28, 28)
+    got = features(ref, x, ["stage2"])["stage2"]
+    keep = torch.as_tensor(report.kept["stage2.conv1"])
+    conv = aux.stage2.conv1
+    inp = aux.stage1(x)  # the UNPRUNED previous stage
+    z = nn.functional.conv2d(inp, conv.weight[keep], conv.bias[keep], padding=conv.padding)
+    mean, var = z.mean((0, 2, 3), keepdim=True), z.var((0, 2, 3), unbiased=False, keepdim=True)
+    z = (z - mean) / torch.sqrt(var + aux.stage2.bn1.eps) * aux.stage2.bn1.weight[keep].view(1, -1, 1, 1)
+    want = nn.functional.max_pool2d(torch.relu(z), 2)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    per_channel = got.mean((0, 2, 3))
+    assert got.shape == (16, 16, 7, 7) and per_channel.min() >= 0
+    with pytest.raises(ValueError, match="convs per stage"):
+        ReferenceTargets(build(RunConfig(), "teacher"), {"stage1": [0, 1]})
+
+
+def test_variant_runs_never_touch_the_zoo(tmp_path, monkeypatch, tiny_split):
+    """A non-default recipe trains its PKT auxiliary into the cache folder; data/zoo stays byte-identical."""
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in zoo.ZOO_DIR.rglob("*") if p.is_file()}
+    monkeypatch.setattr(pipeline, "CACHE_DIR", tmp_path)
+    cfg = RunConfig(**{**TINY, "use_zoo": True, "aux_epochs": 1, "epoch_size": 32})
+    teacher = zoo.load("teacher")
+    aux = pipeline.auxiliary_pkt(teacher, cfg, tiny_split)
+    cached = list(tmp_path.glob("auxiliary-pkt-*.pt"))
+    assert len(cached) == 1
+    again = pipeline.auxiliary_pkt(teacher, cfg, tiny_split)  # loaded from the cache, not retrained
+    assert all(torch.equal(a, b) for a, b in zip(aux.state_dict().values(), again.state_dict().values()))
+    after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in zoo.ZOO_DIR.rglob("*") if p.is_file()}
+    assert after == before
