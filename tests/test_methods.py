@@ -158,3 +158,18 @@ def test_variant_runs_never_touch_the_zoo(tmp_path, monkeypatch, tiny_split):
     assert all(torch.equal(a, b) for a, b in zip(aux.state_dict().values(), again.state_dict().values()))
     after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in zoo.ZOO_DIR.rglob("*") if p.is_file()}
     assert after == before
+
+
+def test_adam_state_at_the_switch_is_fresh_under_reset_policies_and_stale_when_kept(tiny_prep):
+    from dataclasses import replace
+
+    from indistill_lab.experiments.optimizer_state import adam_state_at_switch
+
+    cfg, prep = tiny_prep
+    kept = adam_state_at_switch(prep, replace(cfg, optimizer_state="run"))
+    fresh = adam_state_at_switch(prep, replace(cfg, optimizer_state="phase"))
+    assert [r["layer"] for r in kept] == [r["layer"] for r in fresh] and "stage1.conv1" in [r["layer"] for r in kept]
+    conv_rows = [r for r in kept if r["layer"].startswith("stage")]
+    assert all(r["adam_steps"] > 1 for r in conv_rows)  # the MSE phases' steps are still in the state
+    for r in fresh:  # one step after a reset, bias-corrected v is exactly g^2
+        assert r["adam_steps"] == 1 and r["ratio"] == pytest.approx(1.0, rel=1e-4)

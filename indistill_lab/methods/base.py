@@ -90,9 +90,10 @@ class Method:
         return c.layers("teacher") if c is not None else []
 
     def train(self, ctx: Context, seed: int = 0, callbacks: Iterable[Callback] = (),
-              progress: bool = False) -> Trained:
+              progress: bool = False, epochs: int | None = None) -> Trained:
         """A fresh student (random init from `seed`) trained by the shared Trainer with this method's
-        curriculum, the configuration's optimiser, lr schedule and optimizer-state policy."""
+        curriculum, the configuration's optimiser, lr schedule and optimizer-state policy. `epochs`
+        stops early (the first epochs of the same schedule), e.g. to look at a phase switch."""
         seed_everything(seed)
         student = build(ctx.cfg, "student")
         loader = ctx.loader_for(seed)
@@ -105,10 +106,11 @@ class Method:
                                             teacher_features=targets(ctx.cfg, sources, loader, ctx.cache))
         trainer = Trainer(student, objective, lr=ctx.cfg.lr, lr_schedule=ctx.cfg.lr_schedule, seed=seed,
                           callbacks=callbacks, progress=progress, optimizer_state=ctx.cfg.optimizer_state)
-        trainer.fit(loader, ctx.cfg.epochs)
+        trainer.fit(loader, ctx.cfg.epochs if epochs is None else epochs)
         if trainer.history.stopped:
             raise RuntimeError(f"{self.name}: training stopped ({trainer.history.stopped}).")
-        return Trained(student.cpu().eval(), trainer.history, self.trains_head(curriculum), curriculum)
+        return Trained(student.cpu().eval(), trainer.history, self.trains_head(curriculum), curriculum,
+                       {"optimizer": trainer.optimizer})
 
     def __repr__(self) -> str:
         return f"<method {self.name}: {self.description}>"
