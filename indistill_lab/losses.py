@@ -16,7 +16,7 @@ a mismatch raises a `ValueError` that says what to change.
 | `mse`     | equal-shaped features           | the features themselves, no encoder (InDistill)   |
 | `fitnets` | features, any channel counts    | teacher features through a learned 1x1 connector  |
 
-The self-distillation terms of the multi-source self-KD paper (METHODS.md section 3),
+The self-distillation terms of the multi-source self-KD paper (docs/methods.md, section 3),
 `DRGLoss` and `DSRLoss`, follow the same contract with their own "teacher" tensors.
 `make_loss(name, student_example, teacher_example)` builds a loss by name, sized for the
 given features (the FitNets connector needs the channel counts).
@@ -104,7 +104,7 @@ def _student_t_kernel(x: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 class PKTLoss(DistillLoss):
-    """Probabilistic knowledge transfer, combined form (METHODS.md section 1).
+    """Probabilistic knowledge transfer, combined form (docs/methods.md, section 1).
 
     Each batch is turned into two kernel matrices (cosine and Student-t), each row-normalised
     into conditional probabilities; the loss is the sum over both kernels of the mean over
@@ -201,7 +201,7 @@ class FitNetsHint(DistillLoss):
 
 
 class DRGLoss(KDLoss):
-    """Distillation with reverse guidance (self-KD, METHODS.md section 3): the shallow auxiliary head's
+    """Distillation with reverse guidance (self-KD, docs/methods.md section 3): the shallow auxiliary head's
     logits (the "teacher", detached) teach the final logits (the student):
     alpha * T^2 * KL(softmax(z_aux / T) || softmax(z / T)); alpha = 0.2, T = 4 in the paper.
     """
@@ -217,7 +217,7 @@ class DRGLoss(KDLoss):
 
 
 class DSRLoss(KDLoss):
-    """Distillation with shape-wise regularisation (self-KD, METHODS.md section 3): each sample's logits
+    """Distillation with shape-wise regularisation (self-KD, docs/methods.md section 3): each sample's logits
     are sorted (values only, ascending) and the softmax of the current batch's sorted logits is
     matched to the previous batch's (the "teacher", detached):
     beta * T^2 * KL(softmax(sort(z_prev) / T) || softmax(sort(z) / T)); beta = 1, T = 4.

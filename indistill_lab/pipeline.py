@@ -171,7 +171,7 @@ def auxiliary_pkt_curriculum(teacher: nn.Module, auxiliary: nn.Module, epochs: i
 
 def train_auxiliary_pkt(teacher: nn.Module, cfg: RunConfig, train: Split, seed: int = 0,
                         callbacks: Iterable[Callback] = (), progress: bool = False) -> nn.Module:
-    """The auxiliary after PKT from the teacher's embedding (METHODS.md step 2). Starts from the zoo's
+    """The auxiliary after PKT from the teacher's embedding (docs/methods.md, section 1, step 2). Starts from the zoo's
     cross-entropy auxiliary when there is one (the paper's order), else from random init."""
     seed_everything(seed)
     aux = zoo.load("auxiliary") if _zoo_has(cfg, "auxiliary") else build(cfg, "auxiliary")

@@ -6,7 +6,7 @@ from indistill_lab.models import ConvNet, PreActResNet18, build_model, model_fro
 
 
 def test_paper_architectures_have_the_paper_sizes():
-    # METHODS.md: auxiliary ~58k params, student ~15k, on 32x32x3 with unpadded convs.
+    # docs/methods.md: auxiliary ~58k params, student ~15k, on 32x32x3 with unpadded convs.
     assert count_parameters(ConvNet((16, 32, 64), (128,), 3, 32, padding=0)) == 57_994
     assert count_parameters(ConvNet((8, 16, 32), (64,), 3, 32, padding=0)) == 15_050
 
