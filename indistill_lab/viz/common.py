@@ -1,8 +1,9 @@
 """Figures and widgets every notebook uses: renderer set-up, live training curves, image grids."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
+import ipywidgets as widgets
 import plotly.graph_objects as go
 import plotly.io as pio
 import torch
@@ -16,6 +17,28 @@ def setup_notebook(seed: int = 0) -> None:
     pio.renderers.default = "plotly_mimetype"
     pio.templates.default = "plotly_white"
     torch.manual_seed(seed)
+
+
+class Explorer:
+    """The one display convention of every interactive view in the kit.
+
+    A subclass builds its controls and figures in `__init__` and arranges them in `layout()`. The
+    object shows itself when it is the last expression of a cell or passed to `display`, and
+    `explorer.widget` is the same box every time (so a redraw never detaches a second copy).
+    """
+
+    def layout(self) -> widgets.Widget:
+        raise NotImplementedError(f"{type(self).__name__} must arrange its controls in layout().")
+
+    @property
+    def widget(self) -> widgets.Widget:
+        """The arranged controls and figures (built once)."""
+        if "_widget" not in self.__dict__:
+            self.__dict__["_widget"] = self.layout()
+        return self.__dict__["_widget"]
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
 
 
 class LivePlot(Callback):

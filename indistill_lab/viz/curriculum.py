@@ -17,6 +17,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..curriculum import Curriculum, CurriculumError, Pair, Phase, Term
+from .common import Explorer
 
 LOSS_COLOURS = {"mse": "#1f77b4", "pkt": "#2ca02c", "kd": "#9467bd", "fitnets": "#d62728"}
 CRITICAL_FILL = "rgba(255, 160, 0, 0.15)"
@@ -72,7 +73,7 @@ def timeline_figure(curriculum: Curriculum, title: str = "curriculum", height: i
     return fig
 
 
-class CurriculumEditor:
+class CurriculumEditor(Explorer):
     """Sliders per layer pair (start epoch, length, weight), a rule dropdown and a live timeline.
 
     Choosing a rule ('paper', 'difficulty' when scores are given, 'all-at-once') sets the sliders;
@@ -109,13 +110,12 @@ class CurriculumEditor:
         self.rule.observe(lambda _: self._set_rule(), names="value")
         for slider in [self.critical, *(s for row in self.rows for s in row)]:
             slider.observe(lambda _: self._edited(), names="value")
-        labels = [widgets.Label(f"{t} → {s}", layout=widgets.Layout(width="150px")) for t, s in self.pairs]
-        self.widget = widgets.VBox([widgets.HBox([self.rule, self.critical]),
-                                    *[widgets.HBox([label, *row]) for label, row in zip(labels, self.rows)],
-                                    self.figure, self.status])
 
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kwargs)
+    def layout(self) -> widgets.Widget:
+        labels = [widgets.Label(f"{t} → {s}", layout=widgets.Layout(width="150px")) for t, s in self.pairs]
+        return widgets.VBox([widgets.HBox([self.rule, self.critical]),
+                             *[widgets.HBox([label, *row]) for label, row in zip(labels, self.rows)],
+                             self.figure, self.status])
 
     def rule_curriculum(self, rule: str) -> Curriculum:
         """The schedule a rule gives for this editor's layers, budget and training length."""
@@ -173,7 +173,7 @@ class CurriculumEditor:
             self.figure.update_layout(**_critical_layout(critical, self.total_epochs))
 
 
-class ComparisonView:
+class ComparisonView(Explorer):
     """Browse `compare_curricula` results: per-term loss curves of one schedule (dropdown) beside the final
     retrieval score of every schedule (metric and distance dropdowns). `add` puts a new run in."""
 
@@ -194,11 +194,10 @@ class ComparisonView:
         self.figure.update_layout(height=380, margin=dict(t=50, b=40), legend=dict(orientation="h", y=-0.25))
         for control in (self.schedule, self.metric, self.distance):
             control.observe(lambda _: self.redraw(), names="value")
-        self.widget = widgets.VBox([widgets.HBox([self.schedule, self.metric, self.distance]), self.figure])
         self.redraw()
 
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kwargs)
+    def layout(self) -> widgets.Widget:
+        return widgets.VBox([widgets.HBox([self.schedule, self.metric, self.distance]), self.figure])
 
     def add(self, name: str, result: Mapping[str, Any]) -> None:
         """Add (or replace) one schedule's result and show its curves."""

@@ -7,6 +7,7 @@ from typing import Any, Callable
 import ipywidgets as widgets
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+from .common import Explorer
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 DEFICIT_FILL = "rgba(120, 120, 120, 0.18)"
@@ -35,7 +36,7 @@ def fisher_figure(run: dict[str, Any], height: int = 380) -> go.Figure:
     return fig
 
 
-class DeficitExplorer:
+class DeficitExplorer(Explorer):
     """Slider over the deficit length N: final accuracy vs N (left), the chosen run's curve (right).
 
     `sweep` is the output of `critical_periods.deficit_sweep`. With `rerun` (N -> a new run dict),
@@ -96,10 +97,8 @@ class DeficitExplorer:
             self.button.disabled = False
         self.update()
 
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(widgets.VBox([widgets.HBox([self.slider, self.button]), self.status, self.figure]))
+    def layout(self) -> widgets.Widget:
+        return widgets.VBox([widgets.HBox([self.slider, self.button]), self.status, self.figure])
 
 
 # -- information-flow paths (notebook 03) ----------------------------------------------------------
@@ -195,7 +194,7 @@ def survival_figure(survival: dict[str, dict[str, list[float]]], chance: dict[st
     return fig
 
 
-class FlowExplorer:
+class FlowExplorer(Explorer):
     """Dropdowns for an image and a class; Sankeys of each model's top paths and their Grad-CAM maps.
 
     `models`: name -> model (e.g. teacher, pruned teacher, student). `kept`: name -> `PruneReport.kept`
@@ -266,10 +265,8 @@ class FlowExplorer:
                 old.z = new.z
         self._describe()
 
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(widgets.VBox([widgets.HBox([self.image, self.target]), self.status, self.sankey, self.maps]))
+    def layout(self) -> widgets.Widget:
+        return widgets.VBox([widgets.HBox([self.image, self.target]), self.status, self.sankey, self.maps])
 
 
 # -- per-layer distillation difficulty (notebook 05) -------------------------------------------------
@@ -278,7 +275,7 @@ COLUMN_TITLES = {"one_minus_cka": "1 - CKA at the start", "initial_mse": "initia
                  "epochs_to_fraction": "epochs to reach the fraction"}
 
 
-class DifficultyExplorer:
+class DifficultyExplorer(Explorer):
     """Slider over the probe budget, dropdown for the difficulty column that drives the curriculum.
 
     Top: the difficulty table as bars (one panel per measure). Middle: each layer's single-layer
@@ -353,7 +350,5 @@ class DifficultyExplorer:
             self.timeline.layout.update(title=fresh.layout.title, shapes=fresh.layout.shapes,
                                         annotations=fresh.layout.annotations)
 
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(widgets.VBox([widgets.HBox([self.slider, self.column]), self.bars, self.curves, self.timeline]))
+    def layout(self) -> widgets.Widget:
+        return widgets.VBox([widgets.HBox([self.slider, self.column]), self.bars, self.curves, self.timeline])

@@ -11,7 +11,7 @@ import torch
 from plotly.subplots import make_subplots
 from torch import nn
 
-from .common import image_grid
+from .common import Explorer, image_grid
 
 
 def _kept_matrix(kept: Mapping[str, Sequence[int]], widths: Mapping[str, int]) -> np.ndarray:
@@ -70,7 +70,7 @@ def cka_heatmaps(matrices: Mapping[str, torch.Tensor], teacher_labels: Sequence[
     return fig
 
 
-class SweepExplorer:
+class SweepExplorer(Explorer):
     """Browse a precomputed `pruning_sweep`: criterion dropdown, mode (all stages / one stage)
     and ratio slider; accuracy and mAP curves before/after fine-tuning, and the surviving channels.
 
@@ -157,7 +157,6 @@ class SweepExplorer:
         self.status.value = self.status.value.replace("<br><i>running...</i>", "") + (
             f"<br>fresh run: acc {fresh['acc']:.1%}, mAP {fresh['map']:.1%}{ft}")
 
-    def widget(self) -> widgets.Widget:
-        """The controls, status line and figure, ready to `display`."""
+    def layout(self) -> widgets.Widget:
         controls = widgets.HBox([self.criterion, self.ratio, self.button])
         return widgets.VBox([controls, self.mode, self.status, self.figure])

@@ -7,6 +7,7 @@ from typing import Any, Mapping, Sequence
 
 import ipywidgets as widgets
 import plotly.graph_objects as go
+from .common import Explorer
 
 METRICS = {"mAP (11-point)": "map", "mAP (standard)": "map_std", "top-100 precision": "top100"}
 DISTANCES = {"euclidean": "e", "cosine": "c"}
@@ -39,7 +40,7 @@ def results_png(summary: Sequence[Mapping[str, Any]], path: Path | str, title: s
     plt.close(fig)
 
 
-class ResultsExplorer:
+class ResultsExplorer(Explorer):
     """Widget over result rows (one per method and seed): pick the metric and the distance; bars show the
     mean over seeds with the std as error bars, dots show each seed."""
 
@@ -82,11 +83,5 @@ class ResultsExplorer:
             self.figure.layout.title = f"{self.metric.value}, {self.distance.value} distance"
             self.figure.layout.yaxis.range = [max(0, low - 3), min(100, high + 2)]
 
-    @property
-    def widget(self) -> widgets.Widget:
+    def layout(self) -> widgets.Widget:
         return widgets.VBox([widgets.HBox([self.metric, self.distance]), self.figure])
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)

@@ -11,6 +11,7 @@ from torch import nn
 from ..data import Split
 from ..metrics import embeddings
 from ..retrieval import RECALL_POINTS, rank_query
+from .common import Explorer
 
 
 def _to_rgb(img: torch.Tensor) -> torch.Tensor:
@@ -18,7 +19,7 @@ def _to_rgb(img: torch.Tensor) -> torch.Tensor:
     return (arr.repeat(3, 1, 1) if arr.shape[0] == 1 else arr).permute(1, 2, 0)
 
 
-class RetrievalExplorer:
+class RetrievalExplorer(Explorer):
     """Widget: query slider, model dropdown, distance toggle -> top-k neighbours and PR curve.
 
     Embeddings are computed once per model (eval mode) and reused as the controls move.
@@ -88,7 +89,6 @@ class RetrievalExplorer:
             f"(database: {len(self.database):,} images)."
         )
 
-    def widget(self) -> widgets.Widget:
-        """The controls and both figures, ready to display."""
+    def layout(self) -> widgets.Widget:
         return widgets.VBox([widgets.HBox([self.query, self.model]), self.distance, self.summary,
                              self.images, self.curve])
