@@ -10,7 +10,10 @@ The loop is deliberately plain so a student can read it top to bottom:
 
 An *objective* is any callable `(model, x, y, epoch) -> dict[str, Tensor]`; cross-entropy
 is the default, the curriculum of distillation terms is another. If it has a
-`trainable_parameters()` method (e.g. a FitNets connector), those are optimised too.
+`trainable_parameters()` method (e.g. a FitNets connector), those are optimised too; if it has
+an `on_epoch_start(epoch)` method, the loop calls it before each epoch's first batch (also the
+first epoch after a resume or a stop), so state carried across batches (e.g. DSR's previous
+mini-batch) is reset there and never outlives an epoch.
 `optimizer_state` says what happens to the optimizer's state (Adam's moments and step count)
 at curriculum boundaries: kept for the whole run ("run"), cleared when the objective's phase
 changes ("phase": the epochs listed by its `phase_starts()`), or cleared at every epoch
@@ -229,6 +232,9 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         train.set_epoch(self.epoch)
+        on_epoch_start = getattr(self.objective, "on_epoch_start", None)
+        if callable(on_epoch_start):
+            on_epoch_start(self.epoch)
         self.model.train()
         sums: dict[str, float] = {}
         seen, start = 0, time.perf_counter()
