@@ -182,6 +182,12 @@ def test_editor_sliders_rules_and_timeline():
     assert editor.figure.layout.shapes[0].x1 == 15
     editor.rule.value = "all-at-once"
     assert {(p.start, p.epochs) for p in editor.curriculum.phases} == {(0, 8)}
+    dotted = lambda: [s.x0 for s in editor.figure.layout.shapes if s.line.dash == "dot"]  # noqa: E731
+    assert dotted() == list(range(1, 20)) and "cleared 19 time(s)" in editor.status.value  # default: each epoch
+    editor.optimizer_state.value = "phase"
+    assert dotted() == [8] == editor.curriculum.phase_starts()  # all layers 0-7, then the final term
+    editor.optimizer_state.value = "run"
+    assert dotted() == [] and "cleared 0 time(s)" in editor.status.value
     fig = timeline_figure(Curriculum.paper(PAIRS, FINAL, 20, critical_end=10))
     assert fig.data[0].x == (3, 4, 5, 8) and fig.layout.shapes[0].x1 == 10
     with pytest.raises(ValueError, match="pass `difficulty` scores"):

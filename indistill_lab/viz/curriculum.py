@@ -17,6 +17,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..curriculum import Curriculum, CurriculumError, Pair, Phase, Term
+from ..train import resets_optimizer
 from .common import Explorer
 
 LOSS_COLOURS = {"mse": "#1f77b4", "pkt": "#2ca02c", "kd": "#9467bd", "fitnets": "#d62728"}
@@ -54,6 +55,18 @@ def _critical_layout(critical_end: int | None, total_epochs: int) -> dict[str, A
     return dict(shapes=shapes, annotations=annotations, xaxis=dict(range=[0, total_epochs]))
 
 
+OPTIMIZER_CHOICES = [("Adam reset every epoch (reference)", "epoch"), ("Adam reset at each phase change", "phase"),
+                     ("Adam kept for the whole run", "run")]
+
+
+def _reset_shapes(policy: str, curriculum: Curriculum) -> list[dict[str, Any]]:
+    """Dotted vertical lines where the optimizer's state is cleared under `policy`."""
+    starts = curriculum.phase_starts()
+    return [dict(type="line", xref="x", yref="paper", x0=e, x1=e, y0=0, y1=1, layer="above",
+                 line=dict(color="#555", width=1, dash="dot"))
+            for e in range(curriculum.total_epochs) if resets_optimizer(policy, e, starts)]
+
+
 def _timeline_base(height: int) -> go.Figure:
     fig = go.Figure(go.Bar(orientation="h", textposition="inside", insidetextanchor="middle",
                            hovertemplate="%{y}<br>epochs %{customdata[0]}-%{customdata[1]} (end excluded)"
@@ -78,7 +91,8 @@ class CurriculumEditor(Explorer):
 
     Choosing a rule ('paper', 'difficulty' when scores are given, 'all-at-once') sets the sliders;
     moving them edits the schedule by hand. A length of 0 leaves the layer out. `curriculum`
-    is the edited schedule; when the sliders describe an invalid one it raises CurriculumError
+    is the edited schedule and `optimizer_state.value` the chosen policy for Adam's state at its
+    boundaries (shown as dotted lines; pass it to the Trainer); when the sliders describe an invalid one it raises CurriculumError
     with the problems, which the editor also shows under the timeline.
     """
 
@@ -103,17 +117,19 @@ class CurriculumEditor(Explorer):
                       widgets.FloatSlider(1.0, min=0.0, max=2.0, step=0.1, description="weight", style=style,
                                           layout=layout))
                      for _ in self.pairs]
+        self.optimizer_state = widgets.Dropdown(options=OPTIMIZER_CHOICES, value="epoch", description="optimizer",
+                                                style=style, layout=widgets.Layout(width="340px"))
         self.status = widgets.HTML()
         self.figure = go.FigureWidget(_timeline_base(140 + 40 * (len(self.pairs) + 1)))
         self._applying = False
         self._set_rule()
         self.rule.observe(lambda _: self._set_rule(), names="value")
-        for slider in [self.critical, *(s for row in self.rows for s in row)]:
+        for slider in [self.critical, self.optimizer_state, *(s for row in self.rows for s in row)]:
             slider.observe(lambda _: self._edited(), names="value")
 
     def layout(self) -> widgets.Widget:
         labels = [widgets.Label(f"{t} → {s}", layout=widgets.Layout(width="150px")) for t, s in self.pairs]
-        return widgets.VBox([widgets.HBox([self.rule, self.critical]),
+        return widgets.VBox([widgets.HBox([self.rule, self.critical, self.optimizer_state]),
                              *[widgets.HBox([label, *row]) for label, row in zip(labels, self.rows)],
                              self.figure, self.status])
 
@@ -159,18 +175,24 @@ class CurriculumEditor(Explorer):
             return
         phases, critical = self.phases(), self.critical.value or None
         final_begins = max((p.end for p in phases), default=0)
+        resets: list[dict[str, Any]] = []
         try:
             current = self.curriculum
+            resets = _reset_shapes(self.optimizer_state.value, current)
             late = current.outside_critical()
             note = (f"<span style='color:#b36b00'>{len(late)} phase(s) run past the critical period "
                     f"(outlined in red).</span>" if late else "")
-            self.status.value = f"<b style='color:#2ca02c'>valid</b> {note}"
+            self.status.value = (f"<b style='color:#2ca02c'>valid</b> {note} Adam's state is cleared "
+                                 f"{len(resets)} time(s) (dotted lines).")
         except CurriculumError as exc:
             items = "".join(f"<li>{line.strip()[2:]}</li>" for line in str(exc).splitlines()[1:])
             self.status.value = f"<b style='color:#d62728'>not runnable:</b><ul>{items}</ul>"
+        layout = _critical_layout(critical, self.total_epochs)
+        shapes = layout.pop("shapes") + resets
         with self.figure.batch_update():
             self.figure.data[0].update(**_bar_fields(phases, self.final, final_begins, self.total_epochs, critical))
-            self.figure.update_layout(**_critical_layout(critical, self.total_epochs))
+            self.figure.layout.shapes = shapes  # assigned, not merged: the number of lines changes
+            self.figure.update_layout(**layout)
 
 
 class ComparisonView(Explorer):
