@@ -150,7 +150,8 @@ def cached_difficulty(refresh: bool = False, **overrides: Any) -> dict[str, Any]
     from .curriculum import stage_pairs
     from .data import load_split
     from .models import build_model
-    from .pruning import criteria, prune_to_widths
+    from .criteria import criteria
+from .pruning import prune_to_widths
 
     params = {**DIFFICULTY_RUN, **overrides}
 

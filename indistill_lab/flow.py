@@ -229,7 +229,8 @@ def cached_path_survival(refresh: bool = False, **overrides: object) -> dict[str
     from . import zoo
     from .cache import cached
     from .data import Loader, load_split
-    from .pruning import criteria, prune_to_widths
+    from .criteria import criteria
+from .pruning import prune_to_widths
 
     params = {**SURVIVAL_RUN, **overrides}
 

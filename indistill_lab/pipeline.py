@@ -22,11 +22,12 @@ from torch import nn
 
 from . import zoo
 from .config import REPO_ROOT, quick_mode, seed_everything
+from .criteria import make_criterion
 from .curriculum import Curriculum, CurriculumObjective, Term
 from .data import Loader, Split, crop_flip, load_split
 from .feature_cache import FeatureCache, IndexedLoader
 from .models import build_model
-from .pruning import make_criterion, prune_to_widths
+from .pruning import prune_to_widths
 from .sources import KeptChannels, ReferenceTargets, Sources
 from .train import OPTIMIZER_STATE_POLICIES, Callback, Trainer
 

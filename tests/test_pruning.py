@@ -11,10 +11,8 @@ from torch import nn
 from indistill_lab.metrics import count_parameters
 from indistill_lab.models import ConvNet, build_model, model_from_config
 from indistill_lab.taps import tap
-from indistill_lab.pruning import (
-    BNScale, L1, L2, Layer, Random, Taylor, prunable_layers, prune_to_widths, remove_masks, soft_prune,
-    widths_for_ratio,
-)
+from indistill_lab.criteria import BNScale, L1, L2, Layer, Random, Taylor
+from indistill_lab.pruning import prunable_layers, prune_to_widths, remove_masks, soft_prune, widths_for_ratio
 
 
 def randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:

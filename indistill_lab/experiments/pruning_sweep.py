@@ -6,9 +6,10 @@ from typing import Any, Sequence
 
 from torch import nn
 
+from ..criteria import make_criterion
 from ..data import Loader, Split
 from ..metrics import accuracy, evaluate_retrieval
-from ..pruning import make_criterion, prune_to_widths, widths_for_ratio
+from ..pruning import prune_to_widths, widths_for_ratio
 from ..train import Trainer
 
 

@@ -7,6 +7,7 @@ from typing import Any, Mapping, Sequence
 
 import ipywidgets as widgets
 import plotly.graph_objects as go
+
 from .common import Explorer
 
 METRICS = {"mAP (11-point)": "map", "mAP (standard)": "map_std", "top-100 precision": "top100"}
