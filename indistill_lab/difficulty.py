@@ -151,7 +151,7 @@ def cached_difficulty(refresh: bool = False, **overrides: Any) -> dict[str, Any]
     from .data import load_split
     from .models import build_model
     from .criteria import criteria
-from .pruning import prune_to_widths
+    from .pruning import prune_to_widths
 
     params = {**DIFFICULTY_RUN, **overrides}
 

@@ -230,7 +230,7 @@ def cached_path_survival(refresh: bool = False, **overrides: object) -> dict[str
     from .cache import cached
     from .data import Loader, load_split
     from .criteria import criteria
-from .pruning import prune_to_widths
+    from .pruning import prune_to_widths
 
     params = {**SURVIVAL_RUN, **overrides}
 
