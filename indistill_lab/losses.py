@@ -68,8 +68,8 @@ class KDLoss(DistillLoss):
 
     def __init__(self, temperature: float = 4.0) -> None:
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"kd: temperature must be > 0, got {temperature}.")
+        if not temperature > 0:
+            raise ValueError(f"{self.name}: temperature must be > 0 (T divides the logits), got {temperature}.")
         self.temperature = float(temperature)
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -210,6 +210,8 @@ class DRGLoss(KDLoss):
 
     def __init__(self, alpha: float = 0.2, temperature: float = 4.0) -> None:
         super().__init__(temperature)
+        if alpha < 0:
+            raise ValueError(f"{self.name}: alpha must be >= 0 (the weight of the term), got {alpha}.")
         self.alpha = float(alpha)
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -229,6 +231,8 @@ class DSRLoss(KDLoss):
 
     def __init__(self, beta: float = 1.0, temperature: float = 4.0) -> None:
         super().__init__(temperature)
+        if beta < 0:
+            raise ValueError(f"{self.name}: beta must be >= 0 (the weight of the term), got {beta}.")
         self.beta = float(beta)
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
