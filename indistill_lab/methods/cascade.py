@@ -1,0 +1,223 @@
+"""Cascaded teaching assistants (Miles & Mikolajczyk 2020; docs/cascade.md): the two phases and the methods.
+
+Phase 1 trains every model of a `Cascade` jointly with the hierarchical loss while the masks learn
+(the shared Trainer, the cascade as its model). Phase 2 exports the student to a physically smaller
+network and fine-tunes it alone, its mask now fixed, from frozen snapshots of the larger models: its
+teacher is swapped for the next larger one whenever the student beats it on a probe set.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from .. import zoo
+from ..cascade import Cascade, CascadeLoss, cascade_levels, maskable_layers
+from ..data import Loader
+from ..modes import eval_mode
+from ..pipeline import build
+from ..pruning import PruneReport
+from ..taps import Taps
+from ..train import Callback, History, Trainer
+from .base import Context, Method, Trained, register
+
+
+@dataclass(frozen=True)
+class CascadeSchedule:
+    """Epochs of the two phases, the optimiser (the kit's Adam by default; the paper: SGD Nesterov), and the
+    last `low_epochs` of phase 2 at `lr_low`. `record_every` > 0 snapshots the masks every that many steps."""
+
+    joint_epochs: int
+    student_epochs: int
+    lr: float = 1e-3
+    lr_low: float = 1e-4
+    low_epochs: int = 0
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    record_every: int = 0
+
+    def __post_init__(self) -> None:
+        if self.joint_epochs < 1 or self.student_epochs < 0:
+            raise ValueError(f"Need joint_epochs >= 1 and student_epochs >= 0, got {self.joint_epochs} and "
+                             f"{self.student_epochs}.")
+
+
+class MaskRecorder(Callback):
+    """Snapshots of every model's mask (lists of 0/1 over `cascade.layers`): at the start, every `every`
+    steps (0: never) and at each epoch's end (once per step), with the step and epoch they were taken at."""
+
+    def __init__(self, cascade: Cascade, every: int = 0) -> None:
+        self.cascade, self.every = cascade, every
+        self.snapshots: list[dict[str, Any]] = []
+
+    def record(self, trainer: Trainer) -> None:
+        self.snapshots.append({"step": trainer.step, "epoch": trainer.epoch,
+                               "masks": [self.cascade.mask(i).int().tolist() for i in range(len(self.cascade))]})
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        self.record(trainer)
+
+    def on_batch_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        if self.every and trainer.step % self.every == 0:
+            self.record(trainer)
+
+    def on_epoch_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        if self.snapshots[-1]["step"] != trainer.step:
+            self.record(trainer)
+
+
+class StudentObjective(nn.Module):
+    """Phase 2: the exported student against `teachers[current]` (frozen networks, masked, full width)
+    with the cascade's loss; hints compare the student's features with the teacher's kept channels."""
+
+    def __init__(self, teachers: Sequence[nn.Module], loss: CascadeLoss, kept: dict[str, list[int]]) -> None:
+        super().__init__()
+        self.teachers = nn.ModuleList([t.eval().requires_grad_(False) for t in teachers])
+        self.loss, self.current = loss, 0
+        self.kept = {p: torch.as_tensor(k) for p, k in kept.items() if p in loss.hint_paths}
+
+    def forward(self, student: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
+        teacher = self.teachers[self.current]
+        with torch.no_grad(), Taps(teacher, self.kept, detach=True) as t_taps:
+            t_logits = teacher(x)
+        with Taps(student, self.kept) as s_taps:
+            logits = student(x)
+        t_hints = {p: t_taps[p].index_select(1, k.to(x.device)) for p, k in self.kept.items()}
+        return {"L0": self.loss.model_loss(logits, y, t_logits, dict(s_taps.outputs), t_hints)}
+
+
+class TeacherSwap(Callback):
+    """After each phase-2 epoch: when the student's probe accuracy beats its current teacher's, move on to
+    the next larger teacher. `events` lists (epoch, new teacher index)."""
+
+    def __init__(self, objective: StudentObjective, probe: tuple[torch.Tensor, torch.Tensor]) -> None:
+        self.objective, self.probe = objective, probe
+        self.teacher_acc = [self._accuracy(t) for t in objective.teachers]
+        self.events: list[tuple[int, int]] = []
+
+    def _accuracy(self, model: nn.Module) -> float:
+        x, y = self.probe
+        device = next(model.parameters()).device
+        with torch.no_grad(), eval_mode(model):
+            pred = torch.cat([model(b.to(device)).argmax(1).cpu() for b in x.split(1000)])
+        return float((pred == y).float().mean())
+
+    def on_epoch_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        obj = self.objective
+        logs.update(probe_acc=self._accuracy(trainer.model), teacher=obj.current)
+        if logs["probe_acc"] > self.teacher_acc[obj.current] and obj.current < len(obj.teachers) - 1:
+            obj.current += 1
+            self.events.append((trainer.epoch, obj.current))
+
+
+@dataclass
+class CascadeResult:
+    """The exported student and what happened on the way."""
+
+    student: nn.Module
+    report: PruneReport
+    cascade: Cascade
+    history: History
+    snapshots: list[dict[str, Any]] = field(default_factory=list)
+    swaps: list[tuple[int, int]] = field(default_factory=list)
+
+
+def train_cascade(network: nn.Module, levels: Sequence[float], loader: Loader, schedule: CascadeSchedule,
+                  probe: tuple[torch.Tensor, torch.Tensor], seed: int = 0, callbacks: Iterable[Callback] = (),
+                  progress: bool = False, checkpoint_dir: Path | str | None = None,
+                  hierarchical: bool = True) -> CascadeResult:
+    """Both phases on a copy of the pretrained `network`; raises RuntimeError if a phase stopped early
+    (non-finite loss, Ctrl-C). Checkpoints go to `checkpoint_dir`/joint.pt and student.pt when given."""
+    callbacks = list(callbacks)
+    ckpt = (lambda name: Path(checkpoint_dir) / name) if checkpoint_dir is not None else (lambda name: None)
+    torch.manual_seed(seed)
+    cascade = Cascade(network, levels, hierarchical=hierarchical)
+    loss = CascadeLoss(network, cascade.hint_paths)
+    recorder = MaskRecorder(cascade, schedule.record_every)
+    opt = dict(optimizer=schedule.optimizer, lr=schedule.lr, weight_decay=schedule.weight_decay, seed=seed,
+               progress=progress)
+    joint = Trainer(cascade, loss, callbacks=[recorder, *callbacks], checkpoint=ckpt("joint.pt"), **opt)
+    joint.resume()
+    joint.fit(loader, schedule.joint_epochs)
+    if joint.history.stopped:
+        raise RuntimeError(f"cascade: training stopped ({joint.history.stopped}).")
+    cascade.cpu()
+    student, report = cascade.export(0)
+    student.train().requires_grad_(True)
+    teachers = [cascade.member(j) for j in range(1, len(cascade))] + [copy.deepcopy(loss.top)]
+    sites = {cascade.sites[p]: k for p, k in cascade.kept(0).items()}
+    objective = StudentObjective(teachers, loss, sites)
+    swap = TeacherSwap(objective, probe)
+    alone = Trainer(student, objective, callbacks=[swap, *callbacks], checkpoint=ckpt("student.pt"),
+                    lr_schedule={schedule.student_epochs - schedule.low_epochs: schedule.lr_low}, **opt)
+    alone.fit(loader, schedule.student_epochs)
+    if alone.history.stopped:
+        raise RuntimeError(f"cascade: training stopped ({alone.history.stopped}).")
+    epochs = ([{**e, "phase": "joint"} for e in joint.history.epochs]
+              + [{**e, "phase": "student"} for e in alone.history.epochs])
+    return CascadeResult(student.cpu().eval(), report, cascade, History(epochs), recorder.snapshots, swap.events)
+
+
+def student_level(network: nn.Module, student: nn.Module) -> float:
+    """The pruned fraction of `network`'s masked filters that leaves as many as `student` has there."""
+    layers = maskable_layers(network)
+    mods, smods = dict(network.named_modules()), dict(student.named_modules())
+    missing = [p for p in layers if p not in smods]
+    if missing:
+        raise ValueError(f"The student has no conv at {missing}: give the level directly instead.")
+    total = sum(mods[p].out_channels for p in layers)
+    return 1.0 - sum(smods[p].out_channels for p in layers) / total
+
+
+def pretrained_network(ctx: Context, method: str) -> nn.Module:
+    """The network the cascade prunes: the zoo's cross-entropy auxiliary when the configuration uses the zoo,
+    else the context's auxiliary."""
+    entry = zoo.read_manifest()["models"].get(ctx.cfg.auxiliary)
+    if ctx.cfg.use_zoo and entry is not None and entry.get("dataset") == ctx.cfg.dataset:
+        return zoo.load(ctx.cfg.auxiliary)
+    return copy.deepcopy(ctx.require_sources(method).aux)
+
+
+class CascadedTA(Method):
+    """The cascade with `assistants` TAs, student level = the kit's student widths on the auxiliary."""
+
+    assistants = 1
+
+    def source_layers(self, ctx: Context) -> list[str]:
+        return []  # learns from its own cascade, no cached targets
+
+    def train(self, ctx: Context, seed: int = 0, callbacks: Iterable[Callback] = (),
+              progress: bool = False, epochs: int | None = None) -> Trained:
+        network = pretrained_network(ctx, self.name)
+        level = student_level(network, build(ctx.cfg, "student"))
+        total = ctx.cfg.epochs if epochs is None else epochs
+        student_epochs = max(1, total // 3)
+        schedule = CascadeSchedule(max(1, total - student_epochs), student_epochs, lr=ctx.cfg.lr,
+                                   lr_low=ctx.cfg.lr_low,
+                                   low_epochs=min(student_epochs - 1, max(0, ctx.cfg.epochs - ctx.cfg.lr_drop_epoch)))
+        probe = (ctx.train.x[-2000:], ctx.train.y[-2000:])
+        try:
+            result = train_cascade(network, cascade_levels(level, self.assistants), ctx.loader_for(seed), schedule,
+                                   probe, seed, callbacks, progress)
+        except RuntimeError as err:
+            raise RuntimeError(f"{self.name}: {err}") from None
+        return Trained(result.student, result.history, True,
+                       extras={"report": result.report, "swaps": result.swaps, "level": level})
+
+
+@register
+class CascadeOneTA(CascadedTA):
+    name = "cascade-ta"
+    description = ("cascaded channel pruning of the CE auxiliary to the student's filter count, one weight-sharing "
+                   "teaching assistant, hierarchical self-distillation, then the exported student fine-tuned")
+
+
+@register
+class CascadeNoTA(CascadedTA):
+    name = "cascade-no-ta"
+    description = "the cascade without assistants: the pruned student learns straight from the unpruned model"
+    assistants = 0

@@ -1,0 +1,190 @@
+"""The cascade (indistill_lab.cascade, methods/cascade): levels, global masks, the straight-through
+estimator by hand, shared weights, the hierarchical score gradient, export equal to the masked
+model, both phases end to end, and the clear errors for bad input."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from indistill_lab.cascade import (Cascade, CascadeLoss, StraightThroughMask, cascade_levels, check_levels,
+                                   global_mask, maskable_layers)
+from indistill_lab.data import Loader
+from indistill_lab.methods.cascade import CascadeSchedule, student_level, train_cascade
+from indistill_lab.models import build_model
+from indistill_lab.train import Callback
+
+
+def _randomise_bn(model: nn.Module) -> nn.Module:
+    """Non-trivial BN parameters and statistics, so a wrongly masked BN output would show."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data.uniform_(0.5, 1.5), m.bias.data.uniform_(-1, 1)
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2)
+    return model
+
+
+def _vgg() -> nn.Module:
+    vgg = torchvision.models.vgg11_bn(num_classes=10)
+    vgg.avgpool, vgg.classifier = nn.AdaptiveAvgPool2d(1), nn.Sequential(nn.Flatten(), nn.Linear(512, 10))
+    return vgg
+
+
+def test_levels_are_evenly_spaced_and_checked():
+    assert cascade_levels(0.6, 2) == [0.6, 0.4, 0.2, 0.0]
+    assert cascade_levels(0.8, 0) == [0.8, 0.0]
+    with pytest.raises(ValueError, match=r"in \[0, 1\)"):
+        cascade_levels(1.0, 1)
+    with pytest.raises(ValueError, match=r"in \[0, 1\)"):
+        check_levels([0.5, -0.1, 0.0])
+    with pytest.raises(ValueError, match="decrease strictly from the student"):
+        check_levels([0.3, 0.6, 0.0])
+    with pytest.raises(ValueError, match="at least a student and the unpruned model"):
+        check_levels([0.5])
+    with pytest.raises(ValueError, match="level must be 0"):
+        check_levels([0.5, 0.2])
+    with pytest.raises(ValueError, match="assistants must be an int >= 0"):
+        cascade_levels(0.5, -1)
+
+
+@pytest.mark.parametrize("level", [0.0, 0.3, 0.5, 0.6, 0.8, 0.95])
+def test_global_mask_prunes_exactly_the_fraction_and_keeps_a_filter_per_layer(level):
+    sizes = [8, 16, 32]
+    scores = torch.cat([torch.rand(8) - 5, torch.rand(16), torch.rand(32) + 5])  # layer 1 loses on score
+    mask = global_mask(scores, sizes, level)
+    assert int((mask == 0).sum()) == round(level * 56)
+    assert all(chunk.sum() >= 1 for chunk in mask.split(sizes))
+    if level == 0.5:  # one global threshold: every kept filter but each layer's best outscores every pruned one
+        forced = torch.tensor([0, 8, 24]) + torch.stack([c.argmax() for c in scores.split(sizes)])
+        free = mask.clone()
+        free[forced] = 0
+        assert scores[free.bool()].min() > scores[~mask.bool()].max()
+
+
+def test_straight_through_gradient_matches_the_formula_by_hand():
+    pre = torch.tensor([[[[1.0, 2.0]], [[3.0, -1.0]]]], requires_grad=True)  # (1, 2 channels, 1, 2)
+    mask = torch.tensor([1.0, 0.0])
+    score = torch.zeros(2, requires_grad=True)
+    y = StraightThroughMask.apply(pre, mask, score)
+    assert y.tolist() == [[[[1.0, 2.0]], [[0.0, 0.0]]]]
+    g = torch.tensor([[[[0.5, -1.0]], [[2.0, 4.0]]]])  # dL/dY
+    (y * g).sum().backward()
+    # dL/dS_n = sum_hw dL/dY * (X*W): channel 0: 0.5*1 - 1*2 = -1.5; channel 1 (pruned): 2*3 + 4*(-1) = 2
+    assert score.grad.tolist() == [-1.5, 2.0]
+    assert pre.grad.tolist() == [[[[0.5, -1.0]], [[0.0, 0.0]]]]
+
+
+@pytest.fixture
+def convnet_cascade() -> Cascade:
+    torch.manual_seed(0)
+    return Cascade(_randomise_bn(build_model("auxiliary")), cascade_levels(0.6, 2))
+
+
+def test_weights_are_one_tensor_and_bn_heads_scores_are_per_model(convnet_cascade):
+    c = convnet_cascade
+    w = [m.stage2.conv1.weight for m in c.members]
+    assert all(t is w[0] for t in w) and len({t.data_ptr() for t in w}) == 1
+    assert len({id(m.stage2.bn1.weight) for m in c.members}) == len(c)
+    assert len({id(m.classifier.weight) for m in c.members}) == len(c)
+    convs = sum(p.numel() for n, p in c.members[0].named_parameters() if "conv" in n)
+    others = sum(p.numel() for n, p in c.members[0].named_parameters() if "conv" not in n)
+    assert sum(p.numel() for p in c.parameters()) == convs + len(c) * (others + sum(c.sizes))
+    c(torch.randn(4, 1, 28, 28))[2].sum().backward()  # the top model's gradient reaches the student's convs
+    assert c.members[0].stage2.conv1.weight.grad.abs().sum() > 0
+    assert c.layers == ["stage2.conv1", "stage3.conv1"] and c.hint_paths == ["stage2.bn1", "stage3.bn1"]
+
+
+def test_each_model_prunes_exactly_its_level(convnet_cascade):
+    c = convnet_cascade
+    with torch.no_grad():
+        for s in c.scores:
+            s.normal_()
+    for i, k in enumerate(c.levels):
+        assert int((c.mask(i) == 0).sum()) == round(k * 96)
+        assert sum(len(v) for v in c.kept(i).values()) == 96 - round(k * 96)
+
+
+def test_score_gradient_is_hierarchical(convnet_cascade):
+    c = convnet_cascade
+    x = torch.randn(4, 1, 28, 28)
+    c(x)[0].sum().backward()  # the student's loss trains no mask
+    assert all(s.grad is None or not s.grad.any() for s in c.scores)
+    c.zero_grad()
+    c(x)[1].sum().backward()  # the first assistant's loss trains the student's scores
+    assert c.scores[0].grad.abs().sum() > 0 and (c.scores[1].grad is None or not c.scores[1].grad.any())
+    flat = Cascade(build_model("auxiliary"), [0.5, 0.0], hierarchical=False)
+    flat(x)[0].sum().backward()
+    assert flat.scores[0].grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("make, shape", [(lambda: build_model("auxiliary"), None),
+                                         (lambda: build_model("teacher"), None),
+                                         (_vgg, (3, 32, 32)),
+                                         (lambda: torchvision.models.resnet18(num_classes=10), (3, 32, 32))])
+def test_export_equals_the_masked_model(make, shape):
+    torch.manual_seed(0)
+    c = Cascade(_randomise_bn(make()), cascade_levels(0.5, 1), input_shape=shape)
+    with torch.no_grad():
+        for s in c.scores:
+            s.normal_()  # an arbitrary mask, not the L1 initialisation
+    x = torch.randn(3, *c.input_shape)
+    pruned, report = c.export(0)
+    with torch.no_grad():
+        want = c.member(0)(x)
+        assert (pruned(x) - want).abs().max() < 1e-5
+    assert report.params_after < report.params_before and report.flops_after < report.flops_before
+    kept = c.kept(0)
+    modules = dict(pruned.named_modules())
+    assert all(modules[p].out_channels == len(k) for p, k in kept.items())
+
+
+def test_resnet_masks_only_block_internal_convs():
+    layers = maskable_layers(torchvision.models.resnet18(), (3, 32, 32))
+    assert layers == [f"layer{s}.{b}.conv1" for s in range(1, 5) for b in range(2)]
+
+
+def test_bad_models_and_levels_give_clear_errors():
+    with pytest.raises(ValueError, match="no maskable layer"):
+        Cascade(nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 26 * 26, 10)), [0.5, 0.0],
+                input_shape=(1, 28, 28))
+    with pytest.raises(ValueError, match="fewer than the 2 masked layers"):
+        Cascade(build_model("auxiliary"), [0.995, 0.0])
+    no_ta = Cascade(build_model("auxiliary"), cascade_levels(0.5, 0))
+    with pytest.raises(ValueError, match="has 0 assistant"):
+        no_ta.assistant(1)
+    with pytest.raises(ValueError, match="decrease strictly"):
+        Cascade(build_model("auxiliary"), [0.0, 0.0])
+
+
+def test_student_level_matches_the_kits_student():
+    assert student_level(build_model("auxiliary"), build_model("student")) == pytest.approx(0.5)
+
+
+class _Interrupt(Callback):
+    def on_batch_end(self, trainer, logs):
+        raise KeyboardInterrupt
+
+
+def test_both_phases_end_to_end_and_safe_stop(tiny_split, tmp_path):
+    torch.manual_seed(0)
+    net = build_model("auxiliary")
+    loader = Loader(tiny_split, 16, seed=0)
+    schedule = CascadeSchedule(joint_epochs=2, student_epochs=2, low_epochs=1, record_every=2)
+    result = train_cascade(net, cascade_levels(0.5, 1), loader, schedule, (tiny_split.x, tiny_split.y),
+                           checkpoint_dir=tmp_path)
+    assert [e["phase"] for e in result.history.epochs] == ["joint"] * 2 + ["student"] * 2
+    assert all(torch.isfinite(torch.tensor(e["loss"])) for e in result.history.epochs)
+    assert result.student.widths[1] + result.student.widths[2] == 48  # half of the 96 masked filters
+    assert [s["step"] for s in result.snapshots] == [0, 2, 4, 6, 8]  # start, every 2 steps (epochs end at 4, 8)
+    assert (tmp_path / "joint.pt").is_file() and (tmp_path / "student.pt").is_file()
+    assert result.student(tiny_split.x[:2]).shape == (2, 10)
+    with pytest.raises(RuntimeError, match="training stopped"), pytest.warns(UserWarning, match="stopped"):
+        train_cascade(net, [0.5, 0.0], loader, schedule, (tiny_split.x, tiny_split.y), callbacks=[_Interrupt()])
+
+
+def test_cascade_loss_terms_are_finite_for_every_model(convnet_cascade):
+    net = build_model("auxiliary")
+    loss = CascadeLoss(net, convnet_cascade.hint_paths)
+    terms = loss(convnet_cascade, torch.randn(8, 1, 28, 28), torch.arange(8) % 10, 0)
+    assert list(terms) == ["L0", "L1", "L2", "L3"] and all(torch.isfinite(v) for v in terms.values())
