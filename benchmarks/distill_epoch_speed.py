@@ -26,7 +26,8 @@ import time
 import torch
 
 from indistill_lab.config import REPO_ROOT, seed_everything
-from indistill_lab.curriculum import Curriculum, CurriculumObjective, Phase, Term
+from indistill_lab.curriculum import Curriculum, Phase, Term
+from indistill_lab.objective import CurriculumObjective
 from indistill_lab.data import load_split
 from indistill_lab.feature_cache import FeatureCache, IndexedLoader
 from indistill_lab.sources import Sources

@@ -23,7 +23,8 @@ from torch import nn
 from . import zoo
 from .config import REPO_ROOT, quick_mode, seed_everything
 from .criteria import make_criterion
-from .curriculum import Curriculum, CurriculumObjective, Term
+from .curriculum import Curriculum, Term
+from .objective import CurriculumObjective
 from .data import Loader, Split, crop_flip, load_split
 from .feature_cache import FeatureCache, IndexedLoader
 from .models import build_model

@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from indistill_lab.curriculum import (OUTPUT, Curriculum, CurriculumError, CurriculumObjective, Phase, Term,
-                                      allocate_epochs, embedding_term, layer_difficulty, stage_pairs)
+from indistill_lab.curriculum import (OUTPUT, Curriculum, CurriculumError, Phase, Term, allocate_epochs,
+                                      embedding_term, layer_difficulty, stage_pairs)
+from indistill_lab.objective import CurriculumObjective
 from indistill_lab.data import DATASETS, Loader, Split
 from indistill_lab.models import build_model
 from indistill_lab.train import Callback, Trainer

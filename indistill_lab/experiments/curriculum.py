@@ -6,7 +6,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from torch import nn
 
-from ..curriculum import Curriculum, CurriculumObjective
+from ..curriculum import Curriculum
+from ..objective import CurriculumObjective
 from ..data import Loader, Split
 from ..metrics import evaluate_retrieval
 from ..train import Callback, Trainer

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from ..config import seed_everything
-from ..curriculum import OUTPUT, Curriculum, CurriculumObjective
+from ..curriculum import OUTPUT, Curriculum
+from ..objective import CurriculumObjective
 from ..data import Split
 from ..feature_cache import FeatureCache, IndexedLoader
 from ..pipeline import RunConfig, build, make_loader, targets
