@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from .alignment import linear_cka
 from .curriculum import features
 from .taps import Taps
 
@@ -140,3 +141,22 @@ def _isolated_stage(stage: nn.Sequential, keep: list[int]) -> nn.Sequential:
         norm.bias.zero_()
     rest = [(n, m) for n, m in stage.named_children() if n not in ("conv1", "bn1")]
     return nn.Sequential(OrderedDict([("conv1", pruned), ("bn1", norm), *rest])).requires_grad_(False)
+
+
+def target_gaps(sources: Sources, x: torch.Tensor, stages: Sequence[str],
+                variants: Sequence[str] = ("pruned", "reference", "tuned"), baseline: str = "kept") -> list[dict[str, Any]]:
+    """How far each set of layer targets is from the unpruned auxiliary's own features at the kept
+    channels (`baseline`), per stage: relative MSE (MSE over the baseline's variance; scale-sensitive)
+    and linear CKA (1 = the same representation up to rotation and scale). Variants the sources lack
+    are skipped."""
+    present = [v for v in variants if v in sources._modules]
+    feats = sources.features(x, [f"{m}.{s}" for m in [baseline, *present] for s in stages])
+    rows = []
+    for stage in stages:
+        base = feats[f"{baseline}.{stage}"].flatten(1)
+        for variant in present:
+            target = feats[f"{variant}.{stage}"].flatten(1)
+            rows.append({"stage": stage, "targets": variant,
+                         "relative_mse": float(((target - base) ** 2).mean() / base.var().clamp_min(1e-12)),
+                         "cka": linear_cka(target, base)})
+    return rows

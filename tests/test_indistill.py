@@ -205,3 +205,18 @@ def test_distillation_moves_student_toward_pruned_auxiliary():
         assert seen[phase.end][k] < 0.8 * seen[phase.start][k], (k, seen)
     logged = trained.history.epochs
     assert "mse/stage1" in logged[0] and "mse/stage1" not in logged[3] and "pkt/act_fc1" in logged[12]
+
+
+def test_target_gaps_measure_each_variant_against_the_unpruned_features(tiny_split):
+    from indistill_lab.sources import ReferenceTargets, target_gaps
+
+    cfg = RunConfig()
+    aux = build(cfg, "auxiliary").eval().requires_grad_(False)
+    pruned, report = prune_auxiliary(aux, cfg, tiny_split)
+    sources = Sources(aux=aux, pruned=pruned, kept=KeptChannels.from_report(aux, report),
+                      reference=ReferenceTargets.from_report(aux, report))
+    rows = {(r["stage"], r["targets"]): r for r in target_gaps(sources, tiny_split.x, ["stage1", "stage2"])}
+    assert set(rows) == {(s, v) for s in ("stage1", "stage2") for v in ("pruned", "reference")}  # no 'tuned' here
+    assert rows["stage1", "pruned"]["relative_mse"] == 0.0 and rows["stage1", "pruned"]["cka"] == pytest.approx(1.0)
+    assert rows["stage2", "pruned"]["relative_mse"] > 0.01  # deeper: computed without the removed inputs
+    assert rows["stage1", "reference"]["cka"] < 1.0  # batch-standardised, beta 0: not the running-stat features
