@@ -1,16 +1,20 @@
 """Curriculum comparisons: train one student per schedule from the same initialisation and record
-per-term loss curves and retrieval mAP (notebook 06 browses them with `viz.curriculum.ComparisonView`)."""
+per-term loss curves and retrieval mAP. `ComparisonLab` caches a comparison and browses it (notebook 06)."""
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Sequence
 
+import ipywidgets as widgets
 from torch import nn
 
+from ..cache import cached
 from ..curriculum import Curriculum
-from ..objective import CurriculumObjective
 from ..data import Loader, Split
 from ..metrics import evaluate_retrieval
+from ..objective import CurriculumObjective
 from ..train import Callback, Trainer
+from ..viz.common import Explorer
+from ..viz.curriculum import ComparisonView, CurriculumEditor
 
 
 class _EpochTerms(Callback):
@@ -53,3 +57,47 @@ def compare_curricula(curricula: Mapping[str, Curriculum], teacher: nn.Module,
                      "retrieval": evaluate_retrieval(student, test, train, top_k=top_k,
                                                          device=train_kwargs.get("device"))}
     return out
+
+
+class ComparisonLab(Explorer):
+    """Schedules compared once and cached (`results/precomputed/curriculum-compare-*.json`), browsed in a
+    `ComparisonView`, with a button that reruns them and one that trains and adds the editor's schedule.
+
+    `setup` records everything the runs depend on besides the schedules (it names the cache file) and
+    must hold `optimizer_state`, the policy every schedule is trained with.
+    """
+
+    def __init__(self, schedules: Mapping[str, Curriculum], teacher: nn.Module, make_student: Callable[[], nn.Module],
+                 train: Split, test: Split, setup: Mapping[str, Any], editor: CurriculumEditor | None = None) -> None:
+        if "optimizer_state" not in setup:
+            raise ValueError("setup must record the optimizer_state policy the schedules are trained with, "
+                             "e.g. setup={..., 'optimizer_state': 'epoch'}.")
+        self.setup, self.editor = dict(setup), editor
+        self._run = lambda curricula: compare_curricula(curricula, teacher, make_student, train, test,
+                                                        optimizer_state=self.setup["optimizer_state"])
+        self._params = {**self.setup, "schedules": {k: c.to_dict() for k, c in schedules.items()}}
+        self._schedules = dict(schedules)
+        self.view = ComparisonView(cached("curriculum-compare", self._params, lambda: self._run(self._schedules)))
+        self.rerun = widgets.Button(description="fresh run of all", icon="refresh",
+                                    layout=widgets.Layout(width="auto"))
+        self.rerun.on_click(lambda _: self.refresh())
+        self.add_mine = widgets.Button(description="train and add my schedule", icon="plus",
+                                       layout=widgets.Layout(width="auto"), disabled=editor is None)
+        self.add_mine.on_click(lambda _: self.add_editor_schedule())
+
+    def refresh(self) -> None:
+        """Train every schedule again and overwrite the cached comparison."""
+        for name, result in cached("curriculum-compare", self._params, lambda: self._run(self._schedules),
+                                   refresh=True).items():
+            self.view.add(name, result)
+
+    def add_editor_schedule(self) -> None:
+        """Train the editor's current schedule (cached by its content) and add it to the view."""
+        if self.editor is None:
+            raise ValueError("This comparison has no editor: pass editor=CurriculumEditor(...).")
+        user = self.editor.curriculum
+        key = {**self.setup, "schedule": user.to_dict()}
+        self.view.add("my schedule", cached("curriculum-user", key, lambda: self._run({"my schedule": user}))["my schedule"])
+
+    def layout(self) -> widgets.Widget:
+        return widgets.VBox([widgets.HBox([self.rerun, self.add_mine]), self.view.widget])
