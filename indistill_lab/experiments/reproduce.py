@@ -264,3 +264,16 @@ def _save_student(student: nn.Module, cfg: RunConfig, row: Mapping[str, Any]) ->
         "command": "python -m indistill_lab reproduce (method indistill-paper, seed 0)",
         "epochs": cfg.epochs, "train_seconds": row["train_seconds"], "torch": torch.__version__,
         **metrics, "test_accuracy": row["accuracy"]})
+
+
+def rows_matching(results_dir: Path | str = REPO_ROOT / "results", **columns: Any) -> list[dict[str, Any]]:
+    """Rows of every current-format results CSV in `results_dir` whose columns equal `columns`
+    (e.g. epochs=15, a=0, seed=0), whatever their file: how a notebook gathers the same budget
+    under several optimizer-state policies, made in different runs."""
+    rows = []
+    for path in sorted(Path(results_dir).glob("*.csv")):
+        with path.open() as f:
+            if f.readline().strip().split(",") != RESULT_COLUMNS:
+                continue
+        rows += [r for r in read_results(path) if all(r.get(k) == v for k, v in columns.items())]
+    return rows
