@@ -1,0 +1,204 @@
+"""Throughput per core: how close does a training step come to this CPU's own matmul speed?
+
+In one process on one thread, on the same seeded Fashion-MNIST batches, this times the Trainer's step
+(objective, backward, Adam) for
+
+- `student`: the 8/16/32 student with cross-entropy,
+- `auxiliary`: the 16/32/64 auxiliary with cross-entropy,
+- `distill mse x3`: the student under InDistill's intermediate term on all three stages of the
+  pruned auxiliary, targets from the `FeatureCache`,
+- `distill pkt`: the student under the final term, PKT from the auxiliary's embedding, cached,
+
+each in the plain layout (`model.channels_last = False`, NCHW) and the fast one (channels-last), and
+reports the achieved FLOP/s (forward + backward FLOPs counted by `torch.utils.flop_counter`, divided
+by the CPU seconds of a step) as a fraction of a single-thread 1024x1024 float32 matmul timed in the
+same rounds, and images/s. Variants are interleaved and repeated; medians are reported. The first
+half of the rounds runs with glibc's default malloc, then `keep_freed_memory()` (what `Trainer.fit`
+calls) is switched on for the second half; it cannot be switched off again, so the two halves are
+compared across time, not interleaved. `--eval` also times `evaluate_student` (embeddings of the
+60k + 10k images, linear probe, retrieval both distances) in both layouts.
+
+    .venv/bin/python benchmarks/train_step_speed.py --batches 20 --repeats 5 --eval
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from typing import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from indistill_lab.config import REPO_ROOT, seed_everything
+from indistill_lab.curriculum import Curriculum, Phase, Term
+from indistill_lab.data import Split, load_split
+from indistill_lab.evaluation import fit_probe
+from indistill_lab.feature_cache import FeatureCache, IndexedLoader
+from indistill_lab.metrics import embeddings, retrieval_metrics
+from indistill_lab.models import build_model
+from indistill_lab.objective import CurriculumObjective
+from indistill_lab.pruning import prune_to_widths
+from indistill_lab.sources import Sources
+from indistill_lab.train import Trainer, cross_entropy, keep_freed_memory
+
+TARGET = 0.3
+LAYOUTS = ("plain", "channels_last")
+STAGES = ("stage1", "stage2", "stage3")
+CURRICULA = {"distill mse x3": Curriculum(tuple(Phase(f"pruned.{s}", s, "mse", start=0, epochs=1) for s in STAGES),
+                                          None, 1),
+             "distill pkt": Curriculum((), Term("aux.act_fc1", "act_fc1", "pkt"), 1)}
+
+
+def matmul_flops(n: int = 1024, repeats: int = 10) -> float:
+    """FLOP/s of an n x n float32 matmul on this thread (median of `repeats`, CPU time)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.process_time()
+        a @ b
+        times.append(time.process_time() - start)
+    return 2 * n ** 3 / statistics.median(times)
+
+
+def make_trainer(step: str, layout: str, sources: Sources, loader: IndexedLoader, cache: FeatureCache) -> Trainer:
+    """A fresh seeded model and Trainer for one of the timed steps, in the given layout."""
+    seed_everything(0)
+    model = build_model("auxiliary" if step == "auxiliary" else "student")
+    model.channels_last = layout == "channels_last"
+    objective = cross_entropy
+    if step in CURRICULA:
+        objective = CurriculumObjective(CURRICULA[step], sources, model, example=loader.data.x[:4],
+                                        teacher_features=cache)
+    return Trainer(model, objective, device="cpu", progress=False)
+
+
+def step_flops(trainer: Trainer, loader: IndexedLoader) -> int:
+    """FLOPs of one forward + backward of the trainer's objective on the loader's first batch."""
+    x, y = next(iter(loader))
+    with FlopCounterMode(display=False) as counter:
+        sum(trainer.objective(trainer.model, x, y, 0).values()).backward()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def step_seconds(trainer: Trainer, loader: IndexedLoader) -> tuple[float, float]:
+    """(CPU, wall) seconds per step over one pass of `loader` (epoch 0 again), through the Trainer's epoch loop."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    trainer._run_epoch(loader, 1)
+    return (time.process_time() - cpu) / len(loader), (time.perf_counter() - wall) / len(loader)
+
+
+def time_evaluation(model: torch.nn.Module, train: Split, test: Split) -> dict[str, float]:
+    """CPU seconds of each part of `evaluate_student(..., trained_head=False)`: embeddings, probe, retrieval."""
+    out: dict[str, float] = {}
+
+    def clock(name: str, fn: Callable[[], object]) -> object:
+        start = time.process_time()
+        result = fn()
+        out[name] = time.process_time() - start
+        return result
+
+    db = clock("embeddings (70k images)", lambda: embeddings(model, train.x, device="cpu"))
+    queries = embeddings(model, test.x, device="cpu")
+    with torch.enable_grad():
+        clock("linear probe (30 epochs)", lambda: fit_probe(torch.nn.Linear(db.shape[1], 10), db, train.y))
+    for distance in ("euclidean", "cosine"):
+        clock(f"retrieval {distance}", lambda: retrieval_metrics(queries, test.y, db, train.y, distance))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batches", type=int, default=20, help="training steps per timed pass")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=6, help="rounds (half before, half after keep_freed_memory)")
+    parser.add_argument("--eval", action="store_true", help="also time the evaluation (about a minute per layout)")
+    parser.add_argument("--output", default=str(REPO_ROOT / "results" / "train_step_speed.md"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    load_start = os.getloadavg()
+
+    train = load_split("fashion-mnist", "train", quick=False)
+    examples = train.subset(args.batches * args.batch_size)
+    seed_everything(0)
+    aux = build_model("auxiliary").eval()
+    pruned = prune_to_widths(aux, build_model("student").widths)[0].eval()
+    sources = Sources(aux=aux, pruned=pruned)
+    loader = IndexedLoader(examples, args.batch_size, seed=0)
+    cache = FeatureCache(sources.features, loader)
+    for curriculum in CURRICULA.values():
+        cache.prefetch(curriculum.layers("teacher"))
+
+    steps = ["student", "auxiliary", *CURRICULA]
+    trainers = {(s, lay): make_trainer(s, lay, sources, loader, cache) for s in steps for lay in LAYOUTS}
+    flops = {s: step_flops(trainers[s, "plain"], loader) for s in steps}
+    malloc_modes = ("default malloc", "keep_freed_memory")
+    times: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
+    peaks: dict[str, list[float]] = {m: [] for m in malloc_modes}
+    half = max(args.repeats // 2, 1)
+    for rep in range(2 * half):
+        mode = malloc_modes[rep // half]
+        if rep == half:
+            keep_freed_memory()
+        peaks[mode].append(matmul_flops())
+        for key, trainer in trainers.items():
+            times.setdefault((*key, mode), []).append(step_seconds(trainer, loader))
+        print(f"round {rep + 1} ({mode}): matmul {peaks[mode][-1] / 1e9:.1f} GFLOP/s; " + ", ".join(
+            f"{s}/{lay} {times[s, lay, mode][-1][0] * 1e3:.1f} ms" for s, lay in trainers), flush=True)
+
+    lines = ["# Training step speed per core: achieved FLOP/s against this CPU's matmul", "",
+             f"Command: `.venv/bin/python benchmarks/train_step_speed.py --batches {args.batches} --batch-size "
+             f"{args.batch_size} --repeats {args.repeats}{' --eval' if args.eval else ''}`", "",
+             f"Machine: {platform.machine()} ({platform.processor() or 'cpu'}), {os.cpu_count()} cores shared with "
+             f"other jobs, torch {torch.__version__}, 1 thread. Load average (1/5/15 min) at the start "
+             f"{', '.join(f'{x:.2f}' for x in load_start)}, at the end of the step timings "
+             f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}.",
+             "Step times are CPU seconds of this process per step (`time.process_time`, which other jobs do not "
+             "inflate much; page faults and cache misses they cause still count), the median over the rounds of "
+             f"one pass of {args.batches} batches of {args.batch_size} through `Trainer._run_epoch`; wall ms beside. "
+             "FLOPs: forward + backward of one step by `torch.utils.flop_counter` (convs, matmuls; not BN, "
+             "ReLU, pooling, Adam). Peak: single-thread 1024x1024 float32 matmul, timed in the same rounds.", ""]
+    for mode in malloc_modes:
+        peak = statistics.median(peaks[mode])
+        lines += [f"## {mode} (matmul peak {peak / 1e9:.1f} GFLOP/s, median of {len(peaks[mode])} rounds)", "",
+                  "| step | layout | MFLOP/step | CPU ms/step | wall ms/step | GFLOP/s | / matmul peak | images/s |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for s in steps:
+            for lay in LAYOUTS:
+                cpu = statistics.median(c for c, _ in times[s, lay, mode])
+                wall = statistics.median(w for _, w in times[s, lay, mode])
+                rate = flops[s] / cpu
+                lines.append(f"| {s} | {lay} | {flops[s] / 1e6:.0f} | {cpu * 1e3:.1f} | {wall * 1e3:.1f} | "
+                             f"{rate / 1e9:.1f} | {rate / peak:.2f} | {args.batch_size / cpu:.0f} |")
+        lines.append("")
+    peak = statistics.median(peaks[malloc_modes[-1]])
+    best = flops["student"] / statistics.median(c for c, _ in times["student", "channels_last", malloc_modes[-1]])
+    before = flops["student"] / statistics.median(c for c, _ in times["student", "plain", malloc_modes[0]])
+    lines.append(f"Student step: **{before / statistics.median(peaks[malloc_modes[0]]):.2f}** of the matmul peak "
+                 f"before (plain layout, default malloc), **{best / peak:.2f}** after (channels-last, "
+                 f"keep_freed_memory); target >= {TARGET}: {'met' if best / peak >= TARGET else 'NOT met'}.")
+
+    if args.eval:
+        test = load_split("fashion-mnist", "test", quick=False)
+        model = build_model("student").eval()
+        evals = {}
+        for lay in LAYOUTS:
+            model.channels_last = lay == "channels_last"
+            evals[lay] = time_evaluation(model, train, test)
+            print(lay, evals[lay], flush=True)
+        lines += ["", "## Evaluation (`evaluate_student` parts, untrained student, CPU seconds, one run each)", "",
+                  "| part | " + " | ".join(LAYOUTS) + " |", "|---|" + "---|" * len(LAYOUTS)]
+        for part in evals[LAYOUTS[0]]:
+            lines.append(f"| {part} | " + " | ".join(f"{evals[lay][part]:.1f}" for lay in LAYOUTS) + " |")
+        lines.append("| total | " + " | ".join(f"{sum(evals[lay].values()):.1f}" for lay in LAYOUTS) + " |")
+        lines.append(f"\nLoad average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}.")
+    open(args.output, "w").write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
