@@ -27,7 +27,8 @@ import os
 import platform
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -107,7 +108,7 @@ def time_evaluation(model: torch.nn.Module, train: Split, test: Split) -> dict[s
     with torch.enable_grad():
         clock("linear probe (30 epochs)", lambda: fit_probe(torch.nn.Linear(db.shape[1], 10), db, train.y))
     for distance in ("euclidean", "cosine"):
-        clock(f"retrieval {distance}", lambda: retrieval_metrics(queries, test.y, db, train.y, distance))
+        clock(f"retrieval {distance}", lambda d=distance: retrieval_metrics(queries, test.y, db, train.y, d))
     return out
 
 
@@ -151,17 +152,18 @@ def main() -> None:
             f"{s}/{lay} {times[s, lay, mode][-1][0] * 1e3:.1f} ms" for s, lay in trainers), flush=True)
 
     lines = ["# Training step speed per core: achieved FLOP/s against this CPU's matmul", "",
-             f"Command: `.venv/bin/python benchmarks/train_step_speed.py --batches {args.batches} --batch-size "
-             f"{args.batch_size} --repeats {args.repeats}{' --eval' if args.eval else ''}`", "",
-             f"Machine: {platform.machine()} ({platform.processor() or 'cpu'}), {os.cpu_count()} cores shared with "
-             f"other jobs, torch {torch.__version__}, 1 thread. Load average (1/5/15 min) at the start "
-             f"{', '.join(f'{x:.2f}' for x in load_start)}, at the end of the step timings "
-             f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}.",
-             "Step times are CPU seconds of this process per step (`time.process_time`, which other jobs do not "
-             "inflate much; page faults and cache misses they cause still count), the median over the rounds of "
-             f"one pass of {args.batches} batches of {args.batch_size} through `Trainer._run_epoch`; wall ms beside. "
-             "FLOPs: forward + backward of one step by `torch.utils.flop_counter` (convs, matmuls; not BN, "
-             "ReLU, pooling, Adam). Peak: single-thread 1024x1024 float32 matmul, timed in the same rounds.", ""]
+             (f"Command: `.venv/bin/python benchmarks/train_step_speed.py --batches {args.batches} --batch-size "
+              f"{args.batch_size} --repeats {args.repeats}{' --eval' if args.eval else ''}`"), "",
+             (f"Machine: {platform.machine()} ({platform.processor() or 'cpu'}), {os.cpu_count()} cores shared "
+              f"with other jobs, torch {torch.__version__}, 1 thread. Load average (1/5/15 min) at the start "
+              f"{', '.join(f'{x:.2f}' for x in load_start)}, at the end of the step timings "
+              f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}."),
+             ("Step times are CPU seconds of this process per step (`time.process_time`, which other jobs do not "
+              "inflate much; page faults and cache misses they cause still count), the median over the rounds of "
+              f"one pass of {args.batches} batches of {args.batch_size} through `Trainer._run_epoch`; wall ms "
+              "beside. FLOPs: forward + backward of one step by `torch.utils.flop_counter` (convs, matmuls; not "
+              "BN, ReLU, pooling, Adam). Peak: single-thread 1024x1024 float32 matmul, timed in the same rounds."),
+             ""]
     for mode in malloc_modes:
         peak = statistics.median(peaks[mode])
         lines += [f"## {mode} (matmul peak {peak / 1e9:.1f} GFLOP/s, median of {len(peaks[mode])} rounds)", "",
@@ -196,7 +198,7 @@ def main() -> None:
             lines.append(f"| {part} | " + " | ".join(f"{evals[lay][part]:.1f}" for lay in LAYOUTS) + " |")
         lines.append("| total | " + " | ".join(f"{sum(evals[lay].values()):.1f}" for lay in LAYOUTS) + " |")
         lines.append(f"\nLoad average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}.")
-    open(args.output, "w").write("\n".join(lines) + "\n")
+    Path(args.output).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -25,10 +25,8 @@ finished epoch and the checkpoint on disk is never half-written.
 from __future__ import annotations
 
 import copy
-import ctypes
 import math
 import os
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -41,7 +39,7 @@ from torch.nn import functional as F
 
 from .config import default_device, seed_everything
 from .data import Loader
-from .metrics import accuracy
+from .metrics import accuracy, keep_freed_memory
 
 try:
     from tqdm.auto import tqdm
@@ -111,25 +109,6 @@ def lr_for_epoch(schedule: dict[int, float], base_lr: float, epoch: int) -> floa
         if epoch >= start:
             lr = schedule[start]
     return lr
-
-
-def keep_freed_memory(trim_threshold: int = 1 << 30, mmap_threshold: int = 32 << 20) -> bool:
-    """Let glibc's malloc keep freed memory for reuse; True where it applied (Linux with glibc).
-
-    A training step frees its activations (megabytes each) and allocates them again in the next
-    step. By default glibc hands such blocks back to the kernel (heap trim, mmap), so every step
-    page-faults them in anew: about 2000 faults, a fifth of a small ConvNet's CPU step. With blocks
-    below `mmap_threshold` taken from the heap and up to `trim_threshold` free bytes kept there, the
-    memory is reused. Process-wide; the cost is the step's peak memory staying resident.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameter numbers (malloc.h)
-    return bool(libc.mallopt(m_trim_threshold, trim_threshold)) and bool(libc.mallopt(m_mmap_threshold, mmap_threshold))
 
 
 def save_checkpoint(path: Path | str, payload: dict[str, Any]) -> None:
