@@ -40,6 +40,7 @@ from indistill_lab.evaluation import fit_probe
 from indistill_lab.feature_cache import FeatureCache, IndexedLoader
 from indistill_lab.metrics import embeddings, retrieval_metrics
 from indistill_lab.models import build_model
+from indistill_lab.modes import eval_mode
 from indistill_lab.objective import CurriculumObjective
 from indistill_lab.pruning import prune_to_widths
 from indistill_lab.sources import Sources
@@ -93,6 +94,15 @@ def step_seconds(trainer: Trainer, loader: IndexedLoader) -> tuple[float, float]
     return (time.process_time() - cpu) / len(loader), (time.perf_counter() - wall) / len(loader)
 
 
+def embed_seconds(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 1024) -> float:
+    """CPU seconds of `embeddings`' loop (eval mode, no grad, batches of 1024) without its malloc setting."""
+    start = time.process_time()
+    with torch.no_grad(), eval_mode(model):
+        for i in range(0, len(x), batch_size):
+            model.embed(x[i:i + batch_size])
+    return time.process_time() - start
+
+
 def time_evaluation(model: torch.nn.Module, train: Split, test: Split) -> dict[str, float]:
     """CPU seconds of each part of `evaluate_student(..., trained_head=False)`: embeddings, probe, retrieval."""
     out: dict[str, float] = {}
@@ -117,6 +127,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=20, help="training steps per timed pass")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=6, help="rounds (half before, half after keep_freed_memory)")
+    parser.add_argument("--embed-images", type=int, default=8192, help="images embedded per round (student)")
     parser.add_argument("--eval", action="store_true", help="also time the evaluation (about a minute per layout)")
     parser.add_argument("--output", default=str(REPO_ROOT / "results" / "train_step_speed.md"))
     args = parser.parse_args()
@@ -134,12 +145,17 @@ def main() -> None:
     for curriculum in CURRICULA.values():
         cache.prefetch(curriculum.layers("teacher"))
 
+    embed_x = train.x[:args.embed_images]
+    embedders = {lay: build_model("student") for lay in LAYOUTS}
+    for lay, model in embedders.items():
+        model.channels_last = lay == "channels_last"
     steps = ["student", "auxiliary", *CURRICULA]
     trainers = {(s, lay): make_trainer(s, lay, sources, loader, cache) for s in steps for lay in LAYOUTS}
     flops = {s: step_flops(trainers[s, "plain"], loader) for s in steps}
     malloc_modes = ("default malloc", "keep_freed_memory")
     times: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
     peaks: dict[str, list[float]] = {m: [] for m in malloc_modes}
+    embed_times: dict[tuple[str, str], list[float]] = {}
     half = max(args.repeats // 2, 1)
     for rep in range(2 * half):
         mode = malloc_modes[rep // half]
@@ -148,6 +164,8 @@ def main() -> None:
         peaks[mode].append(matmul_flops())
         for key, trainer in trainers.items():
             times.setdefault((*key, mode), []).append(step_seconds(trainer, loader))
+        for lay, model in embedders.items():
+            embed_times.setdefault((lay, mode), []).append(embed_seconds(model, embed_x))
         print(f"round {rep + 1} ({mode}): matmul {peaks[mode][-1] / 1e9:.1f} GFLOP/s; " + ", ".join(
             f"{s}/{lay} {times[s, lay, mode][-1][0] * 1e3:.1f} ms" for s, lay in trainers), flush=True)
 
@@ -177,6 +195,12 @@ def main() -> None:
                 lines.append(f"| {s} | {lay} | {flops[s] / 1e6:.0f} | {cpu * 1e3:.1f} | {wall * 1e3:.1f} | "
                              f"{rate / 1e9:.1f} | {rate / peak:.2f} | {args.batch_size / cpu:.0f} |")
         lines.append("")
+    lines += [(f"Student embeddings of {len(embed_x)} images (eval mode, batches of 1024, the loop of "
+               "`metrics.embeddings`), CPU seconds, median over the rounds of each half:"), "",
+              "| malloc | " + " | ".join(LAYOUTS) + " |", "|---|" + "---|" * len(LAYOUTS)]
+    lines += [f"| {mode} | " + " | ".join(f"{statistics.median(embed_times[lay, mode]):.2f}" for lay in LAYOUTS) + " |"
+              for mode in malloc_modes]
+    lines.append("")
     peak = statistics.median(peaks[malloc_modes[-1]])
     best = flops["student"] / statistics.median(c for c, _ in times["student", "channels_last", malloc_modes[-1]])
     before = flops["student"] / statistics.median(c for c, _ in times["student", "plain", malloc_modes[0]])
