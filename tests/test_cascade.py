@@ -8,8 +8,15 @@ import torch
 import torchvision
 from torch import nn
 
-from indistill_lab.cascade import (Cascade, CascadeLoss, StraightThroughMask, cascade_levels, check_levels,
-                                   global_mask, maskable_layers)
+from indistill_lab.cascade import (
+    Cascade,
+    CascadeLoss,
+    StraightThroughMask,
+    cascade_levels,
+    check_levels,
+    global_mask,
+    maskable_layers,
+)
 from indistill_lab.data import Loader
 from indistill_lab.methods.cascade import CascadeSchedule, student_level, train_cascade
 from indistill_lab.models import build_model
