@@ -15,10 +15,12 @@ by the CPU seconds of a step) as a fraction of a single-thread 1024x1024 float32
 same rounds, and images/s. Variants are interleaved and repeated; medians are reported. The first
 half of the rounds runs with glibc's default malloc, then `keep_freed_memory()` (what `Trainer.fit`
 calls) is switched on for the second half; it cannot be switched off again, so the two halves are
-compared across time, not interleaved. `--eval` also times `evaluate_student` (embeddings of the
-60k + 10k images, linear probe, retrieval both distances) in both layouts.
+compared across time, not interleaved. Each round also embeds `--embed-images` images with the student
+in both layouts; at the end, stage 1's share of the student's time and FLOPs says what limits the step.
+`--eval` also times the parts of `evaluate_student` (embeddings of the 60k + 10k images, linear probe,
+retrieval for both distances) in both layouts.
 
-    .venv/bin/python benchmarks/train_step_speed.py --batches 20 --repeats 5 --eval
+    .venv/bin/python benchmarks/train_step_speed.py --batches 20 --repeats 6 --eval
 """
 from __future__ import annotations
 
@@ -140,8 +142,8 @@ def time_evaluation(model: torch.nn.Module, train: Split, test: Split) -> dict[s
         out[name] = time.process_time() - start
         return result
 
-    db = clock("embeddings (70k images)", lambda: embeddings(model, train.x, device="cpu"))
-    queries = embeddings(model, test.x, device="cpu")
+    db, queries = clock("embeddings (60k + 10k images)", lambda: (embeddings(model, train.x, device="cpu"),
+                                                                   embeddings(model, test.x, device="cpu")))
     with torch.enable_grad():
         clock("linear probe (30 epochs)", lambda: fit_probe(torch.nn.Linear(db.shape[1], 10), db, train.y))
     for distance in ("euclidean", "cosine"):
