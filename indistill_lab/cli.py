@@ -41,6 +41,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="worker processes of one thread each (rows are the same as a sequential run)")
     rp.add_argument("--no-cache", action="store_true", help="recompute teacher targets every batch")
     args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except (KeyError, ValueError, FileNotFoundError, RuntimeError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Carry out one parsed command."""
     if args.command == "data":
         print(f"Fashion-MNIST ready (source: {ensure_fashion_mnist()}).")
     elif args.command == "zoo":

@@ -216,3 +216,11 @@ def model_from_config(config: dict[str, Any]) -> nn.Module:
     if family == "preact-resnet18":
         return PreActResNet18(**kwargs)
     raise KeyError(f"Unknown model family {family!r} in checkpoint config.")
+
+
+def model_input_shape(model: nn.Module, hint: str = "pass input_shape=(C, H, W), e.g. (3, 64, 64)") -> tuple[int, int, int]:
+    """(channels, height, width) a kit model expects, read off its `in_channels` / `image_size`;
+    other models (e.g. torchvision's) raise with `hint`, which says what the caller should pass."""
+    if hasattr(model, "in_channels") and hasattr(model, "image_size"):
+        return (int(model.in_channels), int(model.image_size), int(model.image_size))
+    raise ValueError(f"Cannot infer the input shape of {type(model).__name__}: {hint}.")

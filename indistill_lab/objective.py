@@ -10,6 +10,7 @@ from torch import nn
 
 from .curriculum import OUTPUT, Curriculum, TeacherFeatures, Term, features, term_spec
 from .losses import DistillLoss
+from .models import model_input_shape
 from .taps import Taps
 
 
@@ -71,7 +72,4 @@ class CurriculumObjective(nn.Module):
 
 
 def _probe_input(model: nn.Module) -> torch.Tensor:
-    if hasattr(model, "in_channels") and hasattr(model, "image_size"):
-        return torch.zeros(2, model.in_channels, model.image_size, model.image_size)
-    raise ValueError(f"Cannot guess the input shape of {type(model).__name__}; pass `example`, a small batch "
-                     "(>= 2 samples) of real inputs.")
+    return torch.zeros(2, *model_input_shape(model, "pass `example`, a small batch (>= 2 samples) of real inputs"))

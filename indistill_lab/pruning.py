@@ -35,6 +35,7 @@ from torch import nn
 
 from .criteria import L1, Criterion, Layer
 from .metrics import count_flops, count_parameters
+from .models import model_input_shape
 from .modes import eval_mode
 
 TORCH_PRUNING_VERSION = "1.6.1"  # the API below was written against this version
@@ -55,10 +56,7 @@ class UnknownLayerError(KeyError):
 def _infer_input_shape(model: nn.Module, input_shape: Sequence[int] | None) -> tuple[int, ...]:
     if input_shape is not None:
         return tuple(int(s) for s in input_shape)
-    if hasattr(model, "in_channels") and hasattr(model, "image_size"):
-        return (model.in_channels, model.image_size, model.image_size)
-    raise ValueError(f"Cannot infer the input shape of {type(model).__name__}: pass input_shape=(C, H, W), "
-                     "e.g. (3, 64, 64) for a torchvision model.")
+    return model_input_shape(model, "pass input_shape=(C, H, W), e.g. (3, 64, 64) for a torchvision model")
 
 
 class _Graph:

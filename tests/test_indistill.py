@@ -220,3 +220,29 @@ def test_target_gaps_measure_each_variant_against_the_unpruned_features(tiny_spl
     assert rows["stage1", "pruned"]["relative_mse"] == 0.0 and rows["stage1", "pruned"]["cka"] == pytest.approx(1.0)
     assert rows["stage2", "pruned"]["relative_mse"] > 0.01  # deeper: computed without the removed inputs
     assert rows["stage1", "reference"]["cka"] < 1.0  # batch-standardised, beta 0: not the running-stat features
+
+
+def test_worker_processes_give_the_rows_of_a_sequential_run(tmp_path):
+    """Each run seeds itself and a worker uses one thread: two workers write the same numbers as one
+    in-process run on one thread (only the timing columns differ)."""
+    cfg = RunConfig(**{**TINY, "epochs": 7}, lr=3e-3)
+    methods = ["student-ce", "pkt"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        sequential = reproduce(cfg, seeds=[0, 1], methods=methods, results_dir=tmp_path / "seq", name="t",
+                               log=lambda m: None)
+    finally:
+        torch.set_num_threads(threads)
+    logs: list[str] = []
+    parallel = reproduce(cfg, seeds=[0, 1], methods=methods, results_dir=tmp_path / "par", name="t", workers=2,
+                         log=logs.append)
+    timing = {"train_seconds", "eval_seconds", "wall_seconds"}
+    key = lambda r: (r["method"], r["seed"])  # noqa: E731
+    strip = lambda rows: sorted(({k: v for k, v in r.items() if k not in timing} for r in rows), key=key)  # noqa: E731
+    assert strip(parallel) == strip(sequential) and len(parallel) == 4
+    assert any(m.startswith("projection: 4 runs x 7 epochs") for m in logs)
+    with pytest.raises(ValueError, match="seeds must be a non-empty list"):
+        reproduce(cfg, seeds=[], results_dir=tmp_path, log=lambda m: None)
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        reproduce(cfg, seeds=[0], workers=0, results_dir=tmp_path, log=lambda m: None)

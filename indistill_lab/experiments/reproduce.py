@@ -26,7 +26,9 @@ from ..config import REPO_ROOT, quick_mode
 from ..evaluation import evaluate_student
 from ..feature_cache import FeatureCache
 from ..methods import Context, check_names, describe, get_method, method_names
-from ..pipeline import Prepared, RunConfig, make_loader, prepare
+from ..data import load_split
+from ..models import model_input_shape
+from ..pipeline import Prepared, RunConfig, build, make_loader, prepare
 
 RESULT_COLUMNS = ["method", "seed", "config", "epochs", "epoch_size", "a", "optimizer_state", "accuracy",
                   "accuracy_from", "map_e", "map_c", "map_std_e", "map_std_c", "top100_e", "top100_c",
@@ -202,6 +204,39 @@ def _worker_run(method: str, seed: int) -> tuple[dict[str, Any], nn.Module]:
     return _WORKER.run(method, seed)
 
 
+def step_seconds(cfg: RunConfig, steps: int = 8) -> float:
+    """Median seconds of one student training step (cross-entropy, batch `cfg.batch_size`) on one thread,
+    measured now: the unit of the projection printed before a table starts."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = build(cfg, "student")
+        x = torch.randn(cfg.batch_size, *model_input_shape(model))
+        y = torch.randint(0, model.num_classes, (cfg.batch_size,))
+        opt = torch.optim.Adam(model.parameters(), cfg.lr)
+        times = []
+        for _ in range(steps + 2):
+            start = time.perf_counter()
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            times.append(time.perf_counter() - start)
+        return sorted(times[2:])[len(times[2:]) // 2]
+    finally:
+        torch.set_num_threads(threads)
+
+
+def projection(cfg: RunConfig, runs: int, workers: int, train_size: int) -> str:
+    """Runs x epochs x steps x measured step time / workers: a floor for the training time of a table
+    (distillation steps cost somewhat more; evaluation adds about a minute per run)."""
+    steps = -(-min(cfg.epoch_size or train_size, train_size) // cfg.batch_size)
+    step = step_seconds(cfg)
+    hours = runs * cfg.epochs * steps * step / max(1, min(workers, runs)) / 3600
+    return (f"projection: {runs} runs x {cfg.epochs} epochs x {steps} steps x {1000 * step:.0f} ms/step "
+            f"/ {min(workers, runs)} worker(s) = {hours:.2f} h of training (plus evaluation)")
+
+
 def results_name(cfg: RunConfig) -> str:
     """'<dataset>' for the default configuration outside quick mode, '<dataset>-<digest>' otherwise."""
     default = cfg == RunConfig(dataset=cfg.dataset) and not quick_mode()
@@ -232,6 +267,8 @@ def reproduce(cfg: RunConfig, seeds: Sequence[int] = (0, 1, 2), methods: Sequenc
     log(f"config {cfg.digest()}: {len(done)} runs already in {csv_path}, {len(todo)} to do"
         + (f" on {workers} worker processes" if workers > 1 and todo else ""))
     keep_student = save_students and name == cfg.dataset and cfg.use_zoo
+    if todo:
+        log(projection(cfg, len(todo), workers, cfg.train_size or load_split(cfg.dataset, "train").x.shape[0]))
 
     def finished(row: dict[str, Any], student: nn.Module, count: int) -> None:
         append_result(csv_path, row)

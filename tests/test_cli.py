@@ -1,0 +1,19 @@
+"""The command line reports bad input as one clear line and exit status 2, never a traceback."""
+from __future__ import annotations
+
+import pytest
+
+from indistill_lab.cli import main
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["reproduce", "--seeds", "0"], "seeds must be a non-empty list"),
+    (["reproduce", "--seeds", "-1"], "seeds must be a non-empty list"),
+    (["reproduce", "--methods", "indistil"], "Unknown method(s) indistil. Known: student-ce"),
+    (["reproduce", "--workers", "0"], "workers must be >= 1"),
+    (["reproduce", "--lr-drop-epoch", "-3"], "lr_drop_epoch must be >= 0"),
+])
+def test_bad_reproduce_arguments_exit_2_with_the_reason(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
