@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -179,29 +180,55 @@ class _Session:
         self.prep: Prepared | None = None
         self.cache: FeatureCache | None = None
 
+    def build(self) -> None:
+        """The shared stages and every method's targets (once)."""
+        if self.prep is not None:
+            return
+        self.prep = prepare(self.cfg, log=self.log)
+        t0 = time.perf_counter()
+        self.cache = shared_cache(self.prep, self.cfg, self.methods)
+        if self.cache is not None:
+            self.log(f"feature cache: {len(self.cache.tables)} tables, {self.cache.nbytes / 2**20:.0f} MiB, "
+                     f"{time.perf_counter() - t0:.0f} s")
+
     def run(self, method: str, seed: int) -> tuple[dict[str, Any], nn.Module]:
-        if self.prep is None:
-            self.prep = prepare(self.cfg, log=self.log)
-            t0 = time.perf_counter()
-            self.cache = shared_cache(self.prep, self.cfg, self.methods)
-            if self.cache is not None:
-                self.log(f"feature cache: {len(self.cache.tables)} tables, {self.cache.nbytes / 2**20:.0f} MiB, "
-                         f"{time.perf_counter() - t0:.0f} s")
+        self.build()
+        assert self.prep is not None
         return run_method(method, self.prep, self.cfg, seed, self.cache)
 
 
 _WORKER: _Session | None = None
+"""The session a worker process runs with: inherited from the parent (fork) or built by `_worker_init`."""
 
 
-def _worker_init(cfg: RunConfig, methods: Sequence[str]) -> None:
+def _worker_init(cfg: RunConfig | None, methods: Sequence[str]) -> None:
     global _WORKER
     torch.set_num_threads(1)
-    _WORKER = _Session(cfg, methods, log=lambda m: print(f"[worker {os.getpid()}] {m}", flush=True))
+    if cfg is not None:
+        _WORKER = _Session(cfg, methods, log=lambda m: print(f"[worker {os.getpid()}] {m}", flush=True))
 
 
 def _worker_run(method: str, seed: int) -> tuple[dict[str, Any], nn.Module]:
     assert _WORKER is not None, "_worker_init did not run"
     return _WORKER.run(method, seed)
+
+
+def _pool(cfg: RunConfig, methods: Sequence[str], workers: int, log: Callable[[str], None]) -> ProcessPoolExecutor:
+    """Worker processes of one thread each. Where fork exists, the parent builds the shared stages and
+    the target cache once (on one thread, so no OpenMP pool is forked) and the workers share its memory
+    copy-on-write: one cache for all workers instead of one each. Elsewhere each worker builds its own."""
+    global _WORKER
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(cfg, methods))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _WORKER = _Session(cfg, methods, log)
+        _WORKER.build()
+    finally:
+        torch.set_num_threads(threads)
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_worker_init,
+                               initargs=(None, methods))
 
 
 def step_seconds(cfg: RunConfig, steps: int = 8) -> float:
@@ -283,10 +310,14 @@ def reproduce(cfg: RunConfig, seeds: Sequence[int] = (0, 1, 2), methods: Sequenc
         for i, (method, seed) in enumerate(todo, 1):
             finished(*session.run(method, seed), i)
     elif todo:
-        with ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(cfg, methods)) as pool:
-            futures = [pool.submit(_worker_run, m, s) for m, s in todo]
-            for i, future in enumerate(as_completed(futures), 1):
-                finished(*future.result(), i)
+        global _WORKER
+        try:
+            with _pool(cfg, methods, workers, log) as pool:
+                futures = [pool.submit(_worker_run, m, s) for m, s in todo]
+                for i, future in enumerate(as_completed(futures), 1):
+                    finished(*future.result(), i)
+        finally:
+            _WORKER = None  # the parent's copy of the shared stages and cache is freed
     rows = [r for r in read_results(csv_path) if r["config"] == cfg.digest()]
     write_report(rows, cfg, results_dir / f"{name}.md", results_dir / f"{name}.png")
     return rows
