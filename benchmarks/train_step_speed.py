@@ -12,22 +12,26 @@ In one process on one thread, on the same seeded Fashion-MNIST batches, this tim
 each in the plain layout (`model.channels_last = False`, NCHW) and the fast one (channels-last), and
 reports the achieved FLOP/s (forward + backward FLOPs counted by `torch.utils.flop_counter`, divided
 by the CPU seconds of a step) as a fraction of a single-thread 1024x1024 float32 matmul timed in the
-same rounds, and images/s. Variants are interleaved and repeated; medians are reported. The first
-half of the rounds runs with glibc's default malloc, then `keep_freed_memory()` (what `Trainer.fit`
-calls) is switched on for the second half; it cannot be switched off again, so the two halves are
-compared across time, not interleaved. Each round also embeds `--embed-images` images with the student
+same rounds, and images/s. Variants are interleaved and repeated; medians are reported. The
+student is also timed in fresh processes (glibc's default malloc against `keep_freed_memory()`, what
+`Trainer.fit` calls; whether the default page-faults every step depends on the process's history),
+alternating the two settings. Each round also embeds `--embed-images` images with the student
 in both layouts; at the end, stage 1's share of the student's time and FLOPs says what limits the step.
 `--eval` also times the parts of `evaluate_student` (embeddings of the 60k + 10k images, linear probe,
 retrieval for both distances) in both layouts.
 
-    .venv/bin/python benchmarks/train_step_speed.py --batches 20 --repeats 6 --eval
+    .venv/bin/python benchmarks/train_step_speed.py --batches 20 --repeats 5 --eval
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import resource
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +54,7 @@ from indistill_lab.train import Trainer, cross_entropy, keep_freed_memory
 
 TARGET = 0.3
 LAYOUTS = ("plain", "channels_last")
+MALLOC_MODES = ("default malloc", "keep_freed_memory")
 STAGES = ("stage1", "stage2", "stage3")
 CURRICULA = {"distill mse x3": Curriculum(tuple(Phase(f"pruned.{s}", s, "mse", start=0, epochs=1) for s in STAGES),
                                           None, 1),
@@ -68,7 +73,8 @@ def matmul_flops(n: int = 1024, repeats: int = 10) -> float:
     return 2 * n ** 3 / statistics.median(times)
 
 
-def make_trainer(step: str, layout: str, sources: Sources, loader: IndexedLoader, cache: FeatureCache) -> Trainer:
+def make_trainer(step: str, layout: str, sources: Sources | None, loader: IndexedLoader,
+                 cache: FeatureCache | None) -> Trainer:
     """A fresh seeded model and Trainer for one of the timed steps, in the given layout."""
     seed_everything(0)
     model = build_model("auxiliary" if step == "auxiliary" else "student")
@@ -151,18 +157,56 @@ def time_evaluation(model: torch.nn.Module, train: Split, test: Split) -> dict[s
     return out
 
 
+def fresh_process_student(malloc: str, batches: int, batch_size: int, rounds: int = 3) -> dict[str, list[float]]:
+    """In this (fresh) process: the student's step in both layouts, interleaved, with glibc's default malloc
+    or `keep_freed_memory`; per layout [CPU ms/step, minor page faults/step] (medians over `rounds`)."""
+    torch.set_num_threads(1)
+    if malloc == "keep_freed_memory":
+        keep_freed_memory()
+    examples = load_split("fashion-mnist", "train", quick=False).subset(batches * batch_size)
+    loader = IndexedLoader(examples, batch_size, seed=0)
+    trainers = {lay: make_trainer("student", lay, None, loader, None) for lay in LAYOUTS}
+    runs: dict[str, list[tuple[float, float]]] = {lay: [] for lay in LAYOUTS}
+    for _ in range(rounds):
+        for lay, trainer in trainers.items():
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            cpu = step_seconds(trainer, loader)[0]
+            runs[lay].append((cpu, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / len(loader)))
+    return {lay: [statistics.median(c for c, _ in r) * 1e3, statistics.median(f for _, f in r)]
+            for lay, r in runs.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batches", type=int, default=20, help="training steps per timed pass")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=6, help="rounds (half before, half after keep_freed_memory)")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds (and fresh processes per malloc)")
     parser.add_argument("--embed-images", type=int, default=8192, help="images embedded per round (student)")
     parser.add_argument("--eval", action="store_true", help="also time the evaluation (about a minute per layout)")
+    parser.add_argument("--child", choices=MALLOC_MODES, help=argparse.SUPPRESS)
     parser.add_argument("--output", default=str(REPO_ROOT / "results" / "train_step_speed.md"))
     args = parser.parse_args()
+    if args.child:
+        print(json.dumps(fresh_process_student(args.child, args.batches, args.batch_size)))
+        return
     torch.set_num_threads(1)
     load_start = os.getloadavg()
 
+    # Before and after in fresh processes (malloc's behaviour depends on the process's history),
+    # alternating the two settings.
+    fresh: dict[tuple[str, str], list[list[float]]] = {}
+    fresh_peaks = []
+    for rep in range(args.repeats):
+        for malloc in MALLOC_MODES:
+            out = subprocess.run([sys.executable, __file__, "--child", malloc, "--batches", str(args.batches),
+                                  "--batch-size", str(args.batch_size)], capture_output=True, text=True, check=True)
+            for lay, figures in json.loads(out.stdout.strip().splitlines()[-1]).items():
+                fresh.setdefault((malloc, lay), []).append(figures)
+        fresh_peaks.append(matmul_flops())
+        print(f"fresh processes {rep + 1}: " + ", ".join(f"{m}/{lay} {v[-1][0]:.1f} ms {v[-1][1]:.0f} faults"
+                                                         for (m, lay), v in fresh.items()), flush=True)
+
+    keep_freed_memory()  # as Trainer.fit does
     train = load_split("fashion-mnist", "train", quick=False)
     examples = train.subset(args.batches * args.batch_size)
     seed_everything(0)
@@ -181,64 +225,59 @@ def main() -> None:
     steps = ["student", "auxiliary", *CURRICULA]
     trainers = {(s, lay): make_trainer(s, lay, sources, loader, cache) for s in steps for lay in LAYOUTS}
     flops = {s: step_flops(trainers[s, "plain"], loader) for s in steps}
-    malloc_modes = ("default malloc", "keep_freed_memory")
-    times: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
-    peaks: dict[str, list[float]] = {m: [] for m in malloc_modes}
-    embed_times: dict[tuple[str, str], list[float]] = {}
-    half = max(args.repeats // 2, 1)
-    for rep in range(2 * half):
-        mode = malloc_modes[rep // half]
-        if rep == half:
-            keep_freed_memory()
-        peaks[mode].append(matmul_flops())
+    times: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    peaks: list[float] = []
+    embed_times: dict[str, list[float]] = {}
+    for rep in range(args.repeats):
+        peaks.append(matmul_flops())
         for key, trainer in trainers.items():
-            times.setdefault((*key, mode), []).append(step_seconds(trainer, loader))
+            times.setdefault(key, []).append(step_seconds(trainer, loader))
         for lay, model in embedders.items():
-            embed_times.setdefault((lay, mode), []).append(embed_seconds(model, embed_x))
-        print(f"round {rep + 1} ({mode}): matmul {peaks[mode][-1] / 1e9:.1f} GFLOP/s; " + ", ".join(
-            f"{s}/{lay} {times[s, lay, mode][-1][0] * 1e3:.1f} ms" for s, lay in trainers), flush=True)
+            embed_times.setdefault(lay, []).append(embed_seconds(model, embed_x))
+        print(f"round {rep + 1}: matmul {peaks[-1] / 1e9:.1f} GFLOP/s; " + ", ".join(
+            f"{s}/{lay} {times[s, lay][-1][0] * 1e3:.1f} ms" for s, lay in trainers), flush=True)
 
+    peak, fresh_peak = statistics.median(peaks), statistics.median(fresh_peaks)
     lines = ["# Training step speed per core: achieved FLOP/s against this CPU's matmul", "",
              (f"Command: `.venv/bin/python benchmarks/train_step_speed.py --batches {args.batches} --batch-size "
               f"{args.batch_size} --repeats {args.repeats}{' --eval' if args.eval else ''}`"), "",
-             (f"Machine: {platform.machine()} ({platform.processor() or 'cpu'}), {os.cpu_count()} cores shared "
-              f"with other jobs, torch {torch.__version__}, 1 thread. Load average (1/5/15 min) at the start "
-              f"{', '.join(f'{x:.2f}' for x in load_start)}, at the end of the step timings "
+             (f"Machine: {platform.machine()}, {os.cpu_count()} cores shared with other jobs, torch "
+              f"{torch.__version__}, 1 thread. Load average (1/5/15 min) at the start "
+              f"{', '.join(f'{x:.2f}' for x in load_start)}, after the step timings "
               f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}."),
-             ("Step times are CPU seconds of this process per step (`time.process_time`, which other jobs do not "
-              "inflate much; page faults and cache misses they cause still count), the median over the rounds of "
-              f"one pass of {args.batches} batches of {args.batch_size} through `Trainer._run_epoch`; wall ms "
-              "beside. FLOPs: forward + backward of one step by `torch.utils.flop_counter` (convs, matmuls; not "
-              "BN, ReLU, pooling, Adam). Peak: single-thread 1024x1024 float32 matmul, timed in the same rounds."),
-             ""]
-    for mode in malloc_modes:
-        peak = statistics.median(peaks[mode])
-        lines += [f"## {mode} (matmul peak {peak / 1e9:.1f} GFLOP/s, median of {len(peaks[mode])} rounds)", "",
-                  "| step | layout | MFLOP/step | CPU ms/step | wall ms/step | GFLOP/s | / matmul peak | images/s |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for s in steps:
-            for lay in LAYOUTS:
-                cpu = statistics.median(c for c, _ in times[s, lay, mode])
-                wall = statistics.median(w for _, w in times[s, lay, mode])
-                rate = flops[s] / cpu
-                lines.append(f"| {s} | {lay} | {flops[s] / 1e6:.0f} | {cpu * 1e3:.1f} | {wall * 1e3:.1f} | "
-                             f"{rate / 1e9:.1f} | {rate / peak:.2f} | {args.batch_size / cpu:.0f} |")
-        lines.append("")
-    lines += [(f"Student embeddings of {len(embed_x)} images (eval mode, batches of 1024, the loop of "
-               "`metrics.embeddings`), CPU seconds, median over the rounds of each half:"), "",
-              "| malloc | " + " | ".join(LAYOUTS) + " |", "|---|" + "---|" * len(LAYOUTS)]
-    lines += [f"| {mode} | " + " | ".join(f"{statistics.median(embed_times[lay, mode]):.2f}" for lay in LAYOUTS) + " |"
-              for mode in malloc_modes]
-    lines.append("")
+             ("Step times are CPU seconds of the process per step (`time.process_time`, which other jobs do not "
+              "inflate much; the cache misses they cause still count), medians over the rounds of one pass of "
+              f"{args.batches} batches of {args.batch_size} through `Trainer._run_epoch`; wall ms beside. FLOPs: "
+              "forward + backward of one step by `torch.utils.flop_counter` (convs, matmuls; not BN, ReLU, "
+              "pooling, Adam). Peak: single-thread 1024x1024 float32 matmul, timed between the rounds."), "",
+             (f"## Student step in fresh processes ({args.repeats} of each, alternating; matmul peak "
+              f"{fresh_peak / 1e9:.1f} GFLOP/s)"), "",
+             "| malloc | layout | CPU ms/step | page faults/step | / matmul peak | images/s |", "|---|---|---|---|---|---|"]
+    med = {k: [statistics.median(f[i] for f in v) for i in range(2)] for k, v in fresh.items()}
+    for (malloc, lay), (ms, faults) in med.items():
+        ratio = flops["student"] / (ms / 1e3) / fresh_peak
+        lines.append(f"| {malloc} | {lay} | {ms:.1f} | {faults:.0f} | {ratio:.2f} | {args.batch_size / (ms / 1e3):.0f} |")
+    before = flops["student"] / (med[MALLOC_MODES[0], "plain"][0] / 1e3) / fresh_peak
+    after = flops["student"] / (med[MALLOC_MODES[1], "channels_last"][0] / 1e3) / fresh_peak
+    lines += ["", (f"Student step: **{before:.2f}** of the matmul peak before (plain layout, default malloc), "
+                   f"**{after:.2f}** after (channels-last, keep_freed_memory); target >= {TARGET}: "
+                   f"{'met' if after >= TARGET else 'NOT met'}."), "",
+              f"## All steps, one process, kept memory, layouts interleaved (matmul peak {peak / 1e9:.1f} GFLOP/s)", "",
+              "| step | layout | MFLOP/step | CPU ms/step | wall ms/step | GFLOP/s | / matmul peak | images/s |",
+              "|---|---|---|---|---|---|---|---|"]
+    for s in steps:
+        for lay in LAYOUTS:
+            cpu = statistics.median(c for c, _ in times[s, lay])
+            wall = statistics.median(w for _, w in times[s, lay])
+            rate = flops[s] / cpu
+            lines.append(f"| {s} | {lay} | {flops[s] / 1e6:.0f} | {cpu * 1e3:.1f} | {wall * 1e3:.1f} | "
+                         f"{rate / 1e9:.1f} | {rate / peak:.2f} | {args.batch_size / cpu:.0f} |")
     time_share, flop_share = stage1_share()
-    lines += [(f"Stage 1 of the student (channels-last, kept memory) takes {100 * time_share:.0f}% of the forward "
-               f"+ backward CPU time for {100 * flop_share:.0f}% of its FLOPs."), ""]
-    peak = statistics.median(peaks[malloc_modes[-1]])
-    best = flops["student"] / statistics.median(c for c, _ in times["student", "channels_last", malloc_modes[-1]])
-    before = flops["student"] / statistics.median(c for c, _ in times["student", "plain", malloc_modes[0]])
-    lines.append(f"Student step: **{before / statistics.median(peaks[malloc_modes[0]]):.2f}** of the matmul peak "
-                 f"before (plain layout, default malloc), **{best / peak:.2f}** after (channels-last, "
-                 f"keep_freed_memory); target >= {TARGET}: {'met' if best / peak >= TARGET else 'NOT met'}.")
+    lines += ["", (f"Student embeddings of {len(embed_x)} images (eval mode, batches of 1024, the loop of "
+                   "`metrics.embeddings`), CPU seconds: " + ", ".join(
+                       f"{lay} {statistics.median(embed_times[lay]):.2f}" for lay in LAYOUTS) + "."), "",
+              (f"Stage 1 of the student (channels-last, kept memory) takes {100 * time_share:.0f}% of the forward "
+               f"+ backward CPU time for {100 * flop_share:.0f}% of its FLOPs.")]
 
     if args.eval:
         test = load_split("fashion-mnist", "test", quick=False)
