@@ -9,7 +9,6 @@ and `cka_matrix` gives the full teacher x student picture.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
@@ -17,7 +16,7 @@ import torch
 from torch import nn
 
 from .modes import eval_mode
-from .taps import Taps, get_module, tap
+from .taps import Taps, get_module, stage_containers, tap
 
 
 # ------------------------------------------------------------------------------------------
@@ -117,11 +116,11 @@ def validate(teacher: nn.Module, student: nn.Module, layer_map: LayerMap, input_
 def _stage_paths(model: nn.Module) -> list[str]:
     if hasattr(model, "stage_paths"):
         return list(model.stage_paths)
-    names = [n for n, _ in model.named_children() if re.fullmatch(r"(stage|layer)\d+", n)]
+    names = stage_containers(model)
     if not names:
         raise ValueError(f"{type(model).__name__} has no stage_paths and no stage1../layer1.. children: "
                          "build the LayerMap by hand with LayerMap.from_pairs.")
-    return sorted(names, key=lambda n: int(re.sub(r"\D", "", n)))
+    return names
 
 
 def match_by_resolution(teacher: nn.Module, student: nn.Module, input_shape: Sequence[int]) -> LayerMap:

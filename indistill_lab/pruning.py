@@ -24,8 +24,6 @@ are the criterion's scores summed over the group's layers.
 from __future__ import annotations
 
 import copy
-import difflib
-import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -37,6 +35,7 @@ from .criteria import L1, Criterion, Layer
 from .metrics import count_flops, count_parameters
 from .models import model_input_shape
 from .modes import eval_mode
+from .taps import stage_containers, unknown_path
 
 TORCH_PRUNING_VERSION = "1.6.1"  # the API below was written against this version
 
@@ -114,10 +113,7 @@ class _Graph:
     def check_path(self, path: str) -> None:
         valid = ", ".join(self.prunable)
         if path not in self.modules or not path:
-            close = difflib.get_close_matches(path, list(self.prunable), n=3)
-            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise UnknownLayerError(f"Unknown layer path {path!r} in {type(self.model).__name__}.{hint} "
-                           f"Prunable layers: {valid}.")
+            raise UnknownLayerError(unknown_path(path, self.model, list(self.prunable), "Prunable layers"))
         if path not in self.prunable:
             module = self.modules[path]
             why = ("it is not a Conv2d or Linear layer" if not isinstance(module, _PRUNABLE)
@@ -133,11 +129,6 @@ def prunable_layers(model: nn.Module, input_shape: Sequence[int] | None = None) 
     A layer coupled to others (a residual stream) can only be pruned together with them.
     """
     return dict(_Graph(model, _infer_input_shape(model, input_shape)).prunable)
-
-
-def _stage_containers(model: nn.Module) -> list[str]:
-    names = [n for n, _ in model.named_children() if re.fullmatch(r"(stage|layer)\d+", n)]
-    return sorted(names, key=lambda n: int(re.sub(r"\D", "", n)))
 
 
 def _widths_dict(graph: _Graph, widths: Sequence[int] | Mapping[str, int] | nn.Module) -> dict[str, int]:
@@ -159,7 +150,7 @@ def _widths_dict(graph: _Graph, widths: Sequence[int] | Mapping[str, int] | nn.M
         for path in out:
             graph.check_path(path)
     else:
-        stages = _stage_containers(model)
+        stages = stage_containers(model)
         if not stages:
             raise ValueError(f"A widths list is a per-stage shorthand, but {type(model).__name__} has no "
                              "stage1../layer1.. children: pass a dict {layer path: width}, paths from "

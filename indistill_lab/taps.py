@@ -10,7 +10,8 @@ between notebook cells.
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+import re
+from typing import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -21,17 +22,25 @@ def module_paths(model: nn.Module) -> list[str]:
     return [name for name, _ in model.named_modules() if name]
 
 
+def unknown_path(path: str, model: nn.Module, valid: Sequence[str], listing: str = "Valid paths") -> str:
+    """The message for a layer path `model` lacks: the closest valid paths, then all of them."""
+    close = difflib.get_close_matches(path, list(valid), n=3)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    return f"Unknown layer path {path!r} in {type(model).__name__}.{hint} {listing}: {', '.join(valid)}."
+
+
+def stage_containers(model: nn.Module) -> list[str]:
+    """Children named stage1, stage2, ... or layer1, layer2, ... (the kit's ConvNets, ResNets), in order."""
+    names = [n for n, _ in model.named_children() if re.fullmatch(r"(stage|layer)\d+", n)]
+    return sorted(names, key=lambda n: int(re.sub(r"\D", "", n)))
+
+
 def get_module(model: nn.Module, path: str) -> nn.Module:
     """The submodule at `path`; an unknown path raises a KeyError listing close and valid paths."""
     modules = dict(model.named_modules())
     if path in modules and path:
         return modules[path]
-    valid = module_paths(model)
-    close = difflib.get_close_matches(path, valid, n=3)
-    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-    raise KeyError(
-        f"Unknown layer path {path!r} in {type(model).__name__}.{hint} Valid paths: {', '.join(valid)}."
-    )
+    raise KeyError(unknown_path(path, model, module_paths(model)))
 
 
 class Taps:
