@@ -224,11 +224,11 @@ def finetune_pruned(pruned: nn.Module, teacher: nn.Module, cfg: RunConfig, train
     tuned = copy.deepcopy(pruned).requires_grad_(True)
     sources = Sources(teacher=teacher)
     loader = make_loader(cfg, train, seed)
+    # Targets computed per batch: a fine-tune sees few examples, so caching the whole set would cost more.
     objective = CurriculumObjective(auxiliary_pkt_curriculum(teacher, tuned, cfg.finetune_epochs), sources, tuned,
-                                    example=train.x[:2], teacher_features=targets(cfg, sources, loader))
+                                    example=train.x[:2], teacher_features=sources.features)
     Trainer(tuned, objective, lr=cfg.lr, seed=seed, progress=False).fit(loader, cfg.finetune_epochs)
     return tuned.cpu().eval()
-
 
 
 def targets(cfg: RunConfig, sources: Sources, loader: IndexedLoader,
