@@ -81,12 +81,13 @@ OPTIMIZER_STATE_POLICIES = ("run", "phase", "epoch")
 
 def make_optimizer(params: Iterable[nn.Parameter], name: str = "adam", lr: float = 1e-3,
                    weight_decay: float = 0.0, momentum: float = 0.9) -> torch.optim.Optimizer:
-    """Adam (the paper's choice) or SGD with Nesterov momentum."""
+    """Adam (InDistill's choice), SGD with Nesterov momentum ('sgd', the cascade paper's) or with plain
+    momentum ('momentum', the self-distillation and critical-period papers')."""
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
-    raise ValueError(f"Unknown optimizer {name!r}: use 'adam' or 'sgd'.")
+    if name in ("sgd", "momentum"):
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=name == "sgd", weight_decay=weight_decay)
+    raise ValueError(f"Unknown optimizer {name!r}: use 'adam', 'sgd' (Nesterov) or 'momentum' (plain momentum).")
 
 
 def resets_optimizer(policy: str, epoch: int, phase_starts: Iterable[int] = ()) -> bool:

@@ -96,3 +96,13 @@ def test_lr_schedule_and_extra_parameters(tiny_split):
 def test_bad_epochs():
     with pytest.raises(ValueError, match="epochs must be >= 0"):
         _trainer().fit(Loader.__new__(Loader), -1)
+
+
+def test_optimizer_names_choose_nesterov_or_plain_momentum():
+    from indistill_lab.train import make_optimizer
+
+    params = [nn.Parameter(torch.zeros(2))]
+    assert make_optimizer(params, "sgd", 0.1).param_groups[0]["nesterov"] is True
+    assert make_optimizer(params, "momentum", 0.1).param_groups[0]["nesterov"] is False
+    with pytest.raises(ValueError, match="'momentum' \\(plain momentum\\)"):
+        make_optimizer(params, "rmsprop")

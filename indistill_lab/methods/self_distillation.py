@@ -58,7 +58,7 @@ class SelfKD(Method):
         objective = SelfDistillation(student, ctx.train.x[:2], self.stages, drg=self.use_drg, dsr=self.use_dsr,
                                      temperature=cfg.kd_temperature)
         if self.optimizer == "sgd":
-            trainer = Trainer(student, objective, optimizer="sgd", lr=SGD["lr"], weight_decay=SGD["weight_decay"],
+            trainer = Trainer(student, objective, optimizer="momentum", lr=SGD["lr"], weight_decay=SGD["weight_decay"],
                               lr_schedule=sgd_schedule(cfg.epochs), seed=seed, callbacks=callbacks, progress=progress)
         else:
             trainer = Trainer(student, objective, lr=cfg.lr, lr_schedule=cfg.lr_schedule, seed=seed,
