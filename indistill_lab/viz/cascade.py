@@ -9,7 +9,7 @@ import ipywidgets as widgets
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .common import Explorer
+from .common import Explorer, SyncedFigure
 
 METRICS = {"accuracy": "accuracy", "mAP (euclidean)": "map_e", "mAP (cosine)": "map_c"}
 
@@ -47,7 +47,7 @@ class MaskExplorer(Explorer):
         self.model = widgets.Dropdown(options=[(n, i) for i, n in enumerate(names)], value=0, description="model")
         self.slider = widgets.IntSlider(min=0, max=len(snaps) - 1, value=len(snaps) - 1, description="snapshot",
                                         continuous_update=False)
-        self.figure = go.FigureWidget(make_subplots(rows=1, cols=2, column_widths=[0.68, 0.32], subplot_titles=(
+        self.figure = SyncedFigure(make_subplots(rows=1, cols=2, column_widths=[0.68, 0.32], subplot_titles=(
             "kept filters (yellow) per snapshot", "kept fraction per layer")))
         self.figure.update_layout(height=420, margin=dict(t=50, b=40), showlegend=True)
         self.model.observe(lambda _: self.redraw(), "value")
@@ -89,7 +89,7 @@ class ResultsExplorer(Explorer):
         self.metric = widgets.Dropdown(options=list(METRICS), value="accuracy", description="metric")
         self.shown = widgets.SelectMultiple(options=cascades, value=tuple(cascades), description="cascades",
                                             rows=len(cascades))
-        self.figure = go.FigureWidget()
+        self.figure = SyncedFigure()
         self.figure.update_layout(height=420, margin=dict(t=50, b=40), xaxis_title="parameters (exported student)",
                                   xaxis_type="log")
         self.metric.observe(lambda _: self.redraw(), "value")

@@ -1,7 +1,10 @@
 """Figures and widgets every notebook uses: renderer set-up, live training curves, image grids."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+import json
+from contextlib import contextmanager
+from copy import deepcopy
+from typing import Any, Iterator, Sequence
 
 import ipywidgets as widgets
 import plotly.graph_objects as go
@@ -17,6 +20,51 @@ def setup_notebook(seed: int = 0) -> None:
     pio.renderers.default = "plotly_mimetype"
     pio.templates.default = "plotly_white"
     torch.manual_seed(seed)
+
+
+STATIC_FIGURES_MIME = "application/vnd.indistill.figures+json"
+"""Mimetype carrying an explorer's figures as plain plotly JSON beside its widget view (no front end renders
+it; `python -m indistill_lab.viz.store` turns it into static figures in a stored notebook)."""
+
+
+def sync_widget_state(figure: go.FigureWidget) -> None:
+    """Make a FigureWidget's synced state (what a browser view is drawn from) the whole current figure.
+
+    plotly sends edits as messages and refreshes `_widget_data`/`_widget_layout` only when the figure itself
+    is displayed; a figure first shown inside a box after `add_*` and `batch_update` edits is drawn from
+    stale state in the browser and loses properties (names, category x values, heatmap labels).
+    """
+    figure._widget_data = deepcopy(figure._data)
+    figure._widget_layout = deepcopy(figure._layout_obj._props)
+
+
+class SyncedFigure(go.FigureWidget):
+    """A FigureWidget whose synced state is re-sent whole after every `batch_update` (see
+    `sync_widget_state`), so a view created later, or a stored widget state, shows the current figure."""
+
+    @contextmanager
+    def batch_update(self) -> Iterator[None]:
+        """Batch edits into one message, then re-send the whole figure's state."""
+        with super().batch_update():
+            yield
+        sync_widget_state(self)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None, validate: bool = True,
+                          **kwargs: Any) -> dict[str, Any]:
+        bundle = super()._repr_mimebundle_(include, exclude, validate, **kwargs)
+        title = self.layout.title.text or "plotly figure"
+        return {**bundle, "text/plain": f"Live figure: {title} (run the cell to draw it)"}
+
+
+def figure_json(figure: go.Figure) -> dict[str, Any]:
+    """A figure (or FigureWidget) as the plain plotly JSON a static renderer draws."""
+    return json.loads(go.Figure(figure).to_json())
+
+
+def _figures_in(widget: Any) -> list[go.FigureWidget]:
+    if isinstance(widget, go.FigureWidget):
+        return [widget]
+    return [f for child in getattr(widget, "children", ()) for f in _figures_in(child)]
 
 
 class Explorer:
@@ -37,30 +85,53 @@ class Explorer:
             self.__dict__["_widget"] = self.layout()
         return self.__dict__["_widget"]
 
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kwargs)
+    @property
+    def figures(self) -> list[go.FigureWidget]:
+        """The figures of the view, top to bottom."""
+        return _figures_in(self.widget)
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        """The widget view, plus a readable text and the current figures as static plotly JSON."""
+        for figure in self.figures:
+            sync_widget_state(figure)
+        bundle = dict(self.widget._repr_mimebundle_(**kwargs))
+        bundle["text/plain"] = f"{type(self).__name__}: an interactive view (run the notebook to use its controls)"
+        bundle[STATIC_FIGURES_MIME] = {"figures": [figure_json(f) for f in self.figures]}
+        return bundle
 
 
 class LivePlot(Callback):
     """A training callback drawing each loss term (and validation accuracy) as it is logged.
 
     `live = LivePlot(); display(live.figure)`, then pass `callbacks=[live]` to the Trainer.
-    Batch losses are averaged over `every` steps to keep the widget responsive.
+    Batch losses are averaged over `every` steps to keep the widget responsive. Losses use a log axis
+    (a 0.003 term stays visible beside a total of 2) with the total dotted; the validation-accuracy panel
+    appears only once a validation accuracy is logged.
     """
 
     def __init__(self, title: str = "training", every: int = 10, height: int = 320) -> None:
         self.every = max(1, every)
-        self.figure = go.FigureWidget(make_subplots(rows=1, cols=2, subplot_titles=("loss terms", "validation accuracy")))
-        self.figure.update_layout(title=title, height=height, margin=dict(t=60, b=30))
-        self.figure.update_xaxes(title_text="step", row=1, col=1)
-        self.figure.update_xaxes(title_text="epoch", row=1, col=2)
+        self.figure = SyncedFigure()
+        self.figure.update_layout(title=title, height=height, margin=dict(t=60, b=30),
+                                  xaxis=dict(title_text="step", domain=[0, 1]),
+                                  yaxis=dict(title_text="loss (log scale)", type="log"))
         self._pending: dict[str, list[float]] = {}
 
-    def _trace(self, name: str, col: int) -> go.Scatter:
+    def _trace(self, key: str) -> go.Scatter:
         for trace in self.figure.data:
-            if trace.name == name:
+            if trace.meta == key:
                 return trace
-        self.figure.add_scatter(x=[], y=[], name=name, mode="lines+markers" if col == 2 else "lines", row=1, col=col)
+        if key == "val_acc":
+            self.figure.update_layout(xaxis_domain=[0, 0.62],
+                                      xaxis2=dict(domain=[0.72, 1], anchor="y2", title_text="epoch"),
+                                      yaxis2=dict(anchor="x2", title_text="validation accuracy"))
+            self.figure.add_scatter(x=[], y=[], name="validation accuracy", meta=key, mode="lines+markers",
+                                    xaxis="x2", yaxis="y2")
+        elif key == "loss":
+            self.figure.add_scatter(x=[], y=[], name="total", meta=key, mode="lines",
+                                    line=dict(color="black", dash="dot", width=2))
+        else:
+            self.figure.add_scatter(x=[], y=[], name=key, meta=key, mode="lines")
         return self.figure.data[-1]
 
     def on_batch_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
@@ -70,15 +141,15 @@ class LivePlot(Callback):
             return
         with self.figure.batch_update():
             for key, values in self._pending.items():
-                trace = self._trace(key, 1)
+                trace = self._trace(key)
                 trace.x = (*trace.x, trainer.step)
                 trace.y = (*trace.y, sum(values) / len(values))
         self._pending.clear()
 
     def on_epoch_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
         if "val_acc" in logs:
-            trace = self._trace("val_acc", 2)
             with self.figure.batch_update():
+                trace = self._trace("val_acc")
                 trace.x = (*trace.x, logs["epoch"])
                 trace.y = (*trace.y, logs["val_acc"])
 

@@ -18,10 +18,18 @@ from plotly.subplots import make_subplots
 
 from ..curriculum import Curriculum, CurriculumError, Pair, Phase, Term
 from ..train import resets_optimizer
-from .common import Explorer
+from .common import Explorer, SyncedFigure
 
 LOSS_COLOURS = {"mse": "#1f77b4", "pkt": "#2ca02c", "kd": "#9467bd", "fitnets": "#d62728"}
 CRITICAL_FILL = "rgba(255, 160, 0, 0.15)"
+
+
+def metric_label(key: str) -> str:
+    """A readable name for a retrieval metric key: 'map_11pt' -> 'mAP (11-point)', 'precision_at_100' ->
+    'precision@100'."""
+    if key.startswith("precision_at_"):
+        return f"precision@{key.rsplit('_', 1)[1]}"
+    return {"map_11pt": "mAP (11-point)", "map": "mAP (non-interpolated)"}.get(key, key.replace("_", " "))
 
 
 def _label(term: Term, final: bool = False) -> str:
@@ -120,7 +128,7 @@ class CurriculumEditor(Explorer):
         self.optimizer_state = widgets.Dropdown(options=OPTIMIZER_CHOICES, value="epoch", description="optimizer",
                                                 style=style, layout=widgets.Layout(width="340px"))
         self.status = widgets.HTML()
-        self.figure = go.FigureWidget(_timeline_base(140 + 40 * (len(self.pairs) + 1)))
+        self.figure = SyncedFigure(_timeline_base(140 + 40 * (len(self.pairs) + 1)))
         self._applying = False
         self._set_rule()
         self.rule.observe(lambda _: self._set_rule(), names="value")
@@ -205,9 +213,10 @@ class ComparisonView(Explorer):
         self.results = dict(results)
         self.schedule = widgets.Dropdown(options=list(self.results), description="curves of")
         metrics = list(next(iter(self.results.values()))["retrieval"]["euclidean"])
-        self.metric = widgets.Dropdown(options=metrics, value="map_11pt", description="metric")
+        self.metric = widgets.Dropdown(options=[(metric_label(m), m) for m in metrics], value="map_11pt",
+                                      description="metric")
         self.distance = widgets.Dropdown(options=("euclidean", "cosine"), description="distance")
-        self.figure = go.FigureWidget(make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4],
+        self.figure = SyncedFigure(make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4],
                                                     subplot_titles=("loss terms per epoch (log)", "retrieval (%)")))
         self.figure.add_bar(x=[], y=[], marker_color="#7f7f7f", textposition="outside", showlegend=False,
                             row=1, col=2)
@@ -245,4 +254,5 @@ class ComparisonView(Explorer):
                 xs = [i + 1 for i, e in enumerate(epochs) if term in e]
                 self._curve(term).update(x=xs, y=[epochs[i - 1][term] for i in xs])
             self.figure.data[0].update(x=names, y=scores, text=[f"{v:.2f}" for v in scores])
-            self.figure.layout.annotations[1].text = f"retrieval {self.metric.value} ({self.distance.value}) %"
+            metric = metric_label(self.metric.value)
+            self.figure.layout.annotations[1].text = f"retrieval {metric} ({self.distance.value}) %"

@@ -8,7 +8,7 @@ import ipywidgets as widgets
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .common import Explorer
+from .common import Explorer, SyncedFigure
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 DEFICIT_FILL = "rgba(120, 120, 120, 0.18)"
@@ -51,7 +51,7 @@ class DeficitExplorer(Explorer):
         self.slider = widgets.SelectionSlider(options=deficits, value=deficits[min(2, len(deficits) - 1)],
                                               description="blurred epochs N", continuous_update=True,
                                               style={"description_width": "initial"})
-        self.figure = go.FigureWidget(make_subplots(
+        self.figure = SyncedFigure(make_subplots(
             rows=1, cols=2, subplot_titles=("final clean accuracy vs deficit length", "the chosen run")))
         self.figure.add_scatter(mode="lines+markers", name="final accuracy", row=1, col=1, line=dict(color="#1f77b4"))
         self.figure.add_scatter(mode="markers", name="chosen N", row=1, col=1,
@@ -67,7 +67,8 @@ class DeficitExplorer(Explorer):
         self.figure.update_layout(height=380, margin=dict(t=50, b=40), legend=dict(orientation="h", y=-0.25))
         self.status = widgets.HTML()
         self.button = widgets.Button(description="fresh run of this N", icon="refresh",
-                                     disabled=rerun is None, tooltip="retrain this deficit length (a few minutes)")
+                                     disabled=rerun is None, tooltip="retrain this deficit length (a few minutes)",
+                                     layout=widgets.Layout(width="auto"))
         self.button.on_click(self._fresh)
         self.slider.observe(lambda _: self.update(), names="value")
         self.update()
@@ -156,16 +157,16 @@ def attribution_maps_figure(maps: dict[str, list[Any]], layers: dict[str, list[s
                             ) -> go.Figure:
     """Grad-CAM maps per layer (columns) for each model (rows): name -> list of 2-D arrays."""
     cols = max(len(m) for m in maps.values())
-    titles = [f"{name}: {_short(layer)}" if j < len(layers[name]) else ""
-              for name in maps for j, layer in enumerate(layers[name] + [""] * (cols - len(layers[name])))]
+    titles = [_short(layer) for name in maps for layer in layers[name] + [""] * (cols - len(layers[name]))]
     fig = make_subplots(rows=len(maps), cols=cols, subplot_titles=titles, horizontal_spacing=0.02,
                         vertical_spacing=0.12)
-    for i, model_maps in enumerate(maps.values(), start=1):
+    for i, (name, model_maps) in enumerate(maps.items(), start=1):
         for j, m in enumerate(model_maps, start=1):
             fig.add_heatmap(z=m, colorscale="Inferno", showscale=False, row=i, col=j)
+        fig.update_yaxes(title_text=name.replace(" (", "<br>("), title_font_size=10, row=i, col=1)
     fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False, autorange="reversed")
-    fig.update_layout(height=height_per_model * len(maps) + 40, margin=dict(l=10, r=10, t=40, b=10))
+    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, autorange="reversed")
+    fig.update_layout(height=height_per_model * len(maps) + 40, margin=dict(l=60, r=10, t=40, b=10))
     fig.update_annotations(font_size=10)
     return fig
 
@@ -183,8 +184,10 @@ def survival_figure(survival: dict[str, dict[str, list[float]]], chance: dict[st
         values = [survival[n][measure] for n in names]
         means = [sum(v) / len(v) for v in values]
         sds = [(sum((x - m) ** 2 for x in v) / max(len(v) - 1, 1)) ** 0.5 for v, m in zip(values, means)]
-        fig.add_bar(x=names, y=means, error_y=dict(type="data", array=sds), marker_color=PALETTE[col - 1],
-                    text=[f"{m:.1%}" for m in means], textposition="outside", showlegend=False, row=1, col=col)
+        below = [min(s, m) for s, m in zip(sds, means)]  # a share is never below 0
+        fig.add_bar(x=names, y=means, error_y=dict(type="data", array=sds, arrayminus=below),
+                    marker_color=PALETTE[col - 1], text=[f"{m:.1%}" for m in means], textposition="outside",
+                    showlegend=False, row=1, col=col)
         if chance:
             fig.add_scatter(x=names, y=[chance[n][measure] for n in names], mode="markers", row=1, col=col,
                             marker=dict(symbol="line-ew-open", size=36, color="#d62728", line_width=3),
@@ -216,8 +219,8 @@ class FlowExplorer(Explorer):
                                       description="image")
         self.target = widgets.Dropdown(options=[(c, k) for k, c in enumerate(classes)], description="class")
         self.target.value = int(images.y[0])
-        self.sankey = go.FigureWidget(flow_figure(self._flows()))
-        self.maps = go.FigureWidget(attribution_maps_figure(*self._maps()))
+        self.sankey = SyncedFigure(flow_figure(self._flows()))
+        self.maps = SyncedFigure(attribution_maps_figure(*self._maps()))
         self.status = widgets.HTML()
         self._describe()
         self.image.observe(self._image_changed, names="value")
@@ -300,18 +303,18 @@ class DifficultyExplorer(Explorer):
                                        description="curriculum from", style={"description_width": "initial"})
         first = self.tables[budgets[-1]]
         n_pairs = len(first["rows"])
-        self.bars = go.FigureWidget(make_subplots(rows=1, cols=3, subplot_titles=list(COLUMN_TITLES.values())))
+        self.bars = SyncedFigure(make_subplots(rows=1, cols=3, subplot_titles=list(COLUMN_TITLES.values())))
         for c in range(3):
             self.bars.add_bar(row=1, col=c + 1, marker_color=[PALETTE[i % len(PALETTE)] for i in range(n_pairs)],
                               showlegend=False, texttemplate="%{y:.2f}", textposition="outside")
         self.bars.update_layout(height=320, margin=dict(t=50, b=40))
-        self.curves = go.FigureWidget()
+        self.curves = SyncedFigure()
         for i in range(n_pairs):
             self.curves.add_scatter(mode="lines+markers", line=dict(color=PALETTE[i % len(PALETTE)]))
         self.curves.update_layout(height=320, margin=dict(t=50, b=40), xaxis_title="epochs of single-layer distillation",
                                   yaxis=dict(title="held-out loss / initial loss", rangemode="tozero"),
                                   title="each layer distilled alone (direct MSE)")
-        self.timeline = go.FigureWidget(self._curriculum_figure())
+        self.timeline = SyncedFigure(self._curriculum_figure())
         self.slider.observe(lambda _: self.update(), names="value")
         self.column.observe(lambda _: self.update(), names="value")
         self.update()

@@ -11,7 +11,7 @@ import torch
 from plotly.subplots import make_subplots
 from torch import nn
 
-from .common import Explorer, image_grid
+from .common import Explorer, SyncedFigure, image_grid
 
 
 def _kept_matrix(kept: Mapping[str, Sequence[int]], widths: Mapping[str, int]) -> np.ndarray:
@@ -61,7 +61,8 @@ def cka_heatmaps(matrices: Mapping[str, torch.Tensor], teacher_labels: Sequence[
     for c, m in enumerate(matrices.values(), start=1):
         z = m.detach().cpu().numpy()
         fig.add_trace(go.Heatmap(z=z, x=list(student_labels), y=list(teacher_labels), zmin=0, zmax=1,
-                                 colorscale="Viridis", text=np.round(z, 2), texttemplate="%{text}",
+                                 colorscale="Viridis", text=[[f"{v:.2f}" for v in row] for row in z],
+                                 texttemplate="%{text}",
                                  showscale=c == len(matrices)), row=1, col=c)
         fig.update_yaxes(autorange="reversed", row=1, col=c)
         fig.update_xaxes(title_text="student layer", row=1, col=c)
@@ -86,11 +87,12 @@ class SweepExplorer(Explorer):
         criteria = list(dict.fromkeys(r["criterion"] for r in rows))
         modes = list(dict.fromkeys(r["mode"] for r in rows))
         self.criterion = widgets.Dropdown(options=criteria, description="criterion")
-        self.mode = widgets.ToggleButtons(options=modes, description="prune")
+        self.mode = widgets.ToggleButtons(options=modes, description="prune", style={"button_width": "auto"})
         self.ratio = widgets.SelectionSlider(options=self._ratios(), description="ratio", continuous_update=False)
-        self.button = widgets.Button(description="fresh run", icon="refresh", disabled=fresh_run is None)
+        self.button = widgets.Button(description="fresh run", icon="refresh", disabled=fresh_run is None,
+                                     layout=widgets.Layout(width="auto"))
         self.status = widgets.HTML()
-        self.figure = go.FigureWidget(make_subplots(
+        self.figure = SyncedFigure(make_subplots(
             rows=1, cols=3, column_widths=[0.27, 0.27, 0.46],
             subplot_titles=("test accuracy", "retrieval mAP (11-pt, e)", "surviving channels")))
         for col, key in ((1, "acc"), (2, "map")):

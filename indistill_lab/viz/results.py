@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence
 import ipywidgets as widgets
 import plotly.graph_objects as go
 
-from .common import Explorer
+from .common import Explorer, SyncedFigure
 
 METRICS = {"mAP (11-point)": "map", "mAP (standard)": "map_std", "top-100 precision": "top100"}
 DISTANCES = {"euclidean": "e", "cosine": "c"}
@@ -51,8 +51,9 @@ class ResultsExplorer(Explorer):
         self.rows = list(rows)
         self.methods = list(dict.fromkeys(r["method"] for r in self.rows))
         self.metric = widgets.Dropdown(options=list(METRICS), description="metric")
-        self.distance = widgets.ToggleButtons(options=list(DISTANCES), description="distance")
-        self.figure = go.FigureWidget()
+        self.distance = widgets.ToggleButtons(options=list(DISTANCES), description="distance",
+                                              style={"button_width": "auto"})
+        self.figure = SyncedFigure()
         self.figure.add_bar(x=self.methods, y=[0] * len(self.methods), name="mean over seeds",
                             error_y=dict(type="data", array=[0] * len(self.methods)))
         self.figure.add_scatter(x=[], y=[], mode="markers", name="one seed", marker=dict(color="black", size=6))

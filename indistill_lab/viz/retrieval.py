@@ -11,7 +11,7 @@ from torch import nn
 from ..data import Split
 from ..metrics import embeddings
 from ..retrieval import RECALL_POINTS, rank_query
-from .common import Explorer
+from .common import Explorer, SyncedFigure
 
 
 def _to_rgb(img: torch.Tensor) -> torch.Tensor:
@@ -33,15 +33,17 @@ class RetrievalExplorer(Explorer):
         names = queries.info.class_names
         self.query = widgets.IntSlider(0, 0, len(queries) - 1, description="query #", continuous_update=False)
         self.model = widgets.Dropdown(options=list(models), description="model")
-        self.distance = widgets.ToggleButtons(options=["euclidean", "cosine"], description="distance")
+        self.distance = widgets.ToggleButtons(options=["euclidean", "cosine"], description="distance",
+                                              style={"button_width": "auto"})
         self.summary = widgets.HTML()
         titles = ["query"] + [f"#{i + 1}" for i in range(k)]
-        self.images = go.FigureWidget(make_subplots(rows=1, cols=k + 1, subplot_titles=titles, horizontal_spacing=0.01))
+        self.images = SyncedFigure(make_subplots(rows=1, cols=k + 1, subplot_titles=titles, horizontal_spacing=0.01))
         for col in range(1, k + 2):
             self.images.add_trace(go.Image(z=torch.zeros(28, 28, 3, dtype=torch.uint8).numpy()), row=1, col=col)
         self.images.update_xaxes(visible=False).update_yaxes(visible=False)
         self.images.update_layout(height=170, margin=dict(l=10, r=10, t=40, b=10))
-        self.curve = go.FigureWidget()
+        self.images.update_annotations(font_size=10)
+        self.curve = SyncedFigure()
         self.curve.add_scatter(x=[], y=[], mode="lines", name="precision at each rank")
         self.curve.add_scatter(x=RECALL_POINTS.tolist(), y=[0] * 11, mode="lines+markers", line_shape="hv",
                                name="11-point interpolated")

@@ -10,7 +10,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from ..self_distillation import sorted_probabilities
-from .common import Explorer
+from .common import Explorer, SyncedFigure
 
 
 def neighbour_dsr(logits: torch.Tensor, temperature: float, beta: float = 1.0) -> float:
@@ -33,7 +33,7 @@ class ShapeExplorer(Explorer):
         self.classes = list(classes)
         self.temperature = widgets.FloatSlider(value=4.0, min=0.5, max=10.0, step=0.5, description="T")
         self.beta = widgets.FloatSlider(value=1.0, min=0.0, max=2.0, step=0.1, description="beta")
-        self.figure = go.FigureWidget(make_subplots(rows=1, cols=2, subplot_titles=("random init", "after training")))
+        self.figure = SyncedFigure(make_subplots(rows=1, cols=2, subplot_titles=("random init", "after training")))
         for col in (1, 2):
             for name in self.classes:
                 self.figure.add_scatter(x=[], y=[], mode="lines+markers", name=name, showlegend=col == 1,
@@ -67,7 +67,7 @@ class MaskExplorer(Explorer):
         self.images, self.masks, self.classes = images, dict(masks), list(classes)
         self.image = widgets.Dropdown(options=[(c, i) for i, c in enumerate(self.classes)], description="image")
         self.stage = widgets.Dropdown(options=list(self.masks), description="stage")
-        self.figure = go.FigureWidget(make_subplots(rows=1, cols=2, subplot_titles=("input", "attention mask")))
+        self.figure = SyncedFigure(make_subplots(rows=1, cols=2, subplot_titles=("input", "attention mask")))
         self.figure.add_heatmap(z=[[0]], row=1, col=1)
         self.figure.add_heatmap(z=[[0]], row=1, col=2)
         self.figure.update_layout(height=340, width=700, margin=dict(t=60, b=20))

@@ -1,0 +1,133 @@
+"""Figures as a learner's browser draws them: the synced widget state (what a view created after the first
+update is drawn from) equals the figure the function built, and the readability fixes of issue 14."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from indistill_lab.models import build_model
+from indistill_lab.retrieval import RECALL_POINTS
+from indistill_lab.viz.common import STATIC_FIGURES_MIME, Explorer, LivePlot, figure_json
+from indistill_lab.viz.curriculum import ComparisonView
+from indistill_lab.viz.diagnostics import DeficitExplorer, survival_figure
+from indistill_lab.viz.pruning import SweepExplorer, cka_heatmaps
+from indistill_lab.viz.results import ResultsExplorer
+from indistill_lab.viz.retrieval import RetrievalExplorer
+
+METHODS = ["student-ce", "hinton-kd", "pkt", "indistill-paper"]
+
+
+def browser_data(explorer: Explorer) -> list[list[dict]]:
+    """Each figure's traces as the browser receives them when the explorer is displayed in a cell."""
+    explorer._repr_mimebundle_()
+    return [list(figure._widget_data) for figure in explorer.figures]
+
+
+def assert_browser_draws_the_figure(explorer: Explorer) -> None:
+    for figure, traces in zip(explorer.figures, browser_data(explorer)):
+        assert figure_json(figure.__class__(data=traces, layout=figure._widget_layout)) == figure_json(figure)
+
+
+def result_rows() -> list[dict]:
+    return [dict(method=m, seed=s, map_e=50.0 + i + s, map_c=51.0, map_std_e=40.0, map_std_c=41.0, top100_e=60.0,
+                 top100_c=61.0) for i, m in enumerate(METHODS) for s in (0, 1)]
+
+
+def test_results_bars_stand_over_their_method_names():
+    explorer = ResultsExplorer(result_rows())
+    bars, seeds = browser_data(explorer)[0]
+    assert list(bars["x"]) == METHODS  # 07: a spurious "0" category, every bar one method to the right
+    assert list(bars["y"]) == pytest.approx([50.5 + i for i in range(len(METHODS))])
+    assert set(seeds["x"]) == set(METHODS)
+    assert_browser_draws_the_figure(explorer)
+
+
+def test_precision_recall_step_line_is_drawn_against_recall(tiny_split):
+    explorer = RetrievalExplorer({"student": build_model("student")}, tiny_split, tiny_split, k=4)
+    curve = browser_data(explorer)[1]
+    assert list(curve[1]["x"]) == pytest.approx(RECALL_POINTS.tolist())  # 01: drawn at x = 0..10
+    assert curve[1]["name"] == "11-point interpolated" and curve[1]["line"]["shape"] == "hv"
+    assert_browser_draws_the_figure(explorer)
+
+
+def test_surviving_channels_heatmap_rows_are_layer_names():
+    widths = {"stage1.conv1": 4, "stage2.conv1": 6, "stage3.conv1": 8}
+    rows = [dict(criterion="L1", mode="all", r=r, kept={p: list(range(int(w * (1 - r)))) for p, w in widths.items()},
+                 widths=[int(w * (1 - r)) for w in widths.values()], params=1000, acc=0.8 - r / 2, map=0.5 - r / 4,
+                 acc_ft=0.85 - r / 2, map_ft=0.55 - r / 4) for r in (0.25, 0.5)]
+    explorer = SweepExplorer(rows, widths)
+    heatmap = next(t for t in browser_data(explorer)[0] if t["type"] == "heatmap")
+    assert list(heatmap["y"]) == list(widths)  # 02: the axis read -0.5 .. 2.5
+    assert_browser_draws_the_figure(explorer)
+
+
+def deficit_sweep() -> dict:
+    return {"runs": [{"deficit_epochs": n, "final_acc": 0.9 - n / 100, "val_acc": [0.5, 0.7, 0.9 - n / 100]}
+                     for n in (0, 2, 4)]}
+
+
+def test_deficit_legend_names_every_trace():
+    explorer = DeficitExplorer(deficit_sweep())
+    names = [t.get("name") for t in browser_data(explorer)[0]]
+    assert names == ["final accuracy", "chosen N", "N = 0 (no deficit)", "N = 4"]  # 04: "trace 0", "trace 1"
+    assert_browser_draws_the_figure(explorer)
+
+
+def test_a_synced_figure_resends_its_state_after_each_update():
+    explorer = ResultsExplorer(result_rows())
+    explorer._repr_mimebundle_()
+    explorer.distance.value = "cosine"
+    assert list(explorer.figure._widget_data[0]["y"]) == pytest.approx([51.0] * len(METHODS))
+    assert explorer.figure._widget_layout["title"]["text"].endswith("cosine distance")
+
+
+def test_an_explorer_carries_its_figures_and_a_readable_text():
+    explorer = DeficitExplorer(deficit_sweep())
+    bundle = explorer._repr_mimebundle_()
+    assert bundle["text/plain"].startswith("DeficitExplorer:")
+    figures = bundle[STATIC_FIGURES_MIME]["figures"]
+    assert len(figures) == 1 and figures[0] == figure_json(explorer.figure)
+
+
+def test_buttons_are_as_wide_as_their_label():
+    assert DeficitExplorer(deficit_sweep(), rerun=lambda n: {}).button.layout.width == "auto"
+
+
+def test_cka_cells_show_two_decimals():
+    m = torch.tensor([[0.89, 0.123456], [1.0, 0.0]], dtype=torch.float32)
+    fig = cka_heatmaps({"before": m}, ["t1", "t2"], ["s1", "s2"])
+    assert [list(row) for row in fig.data[0].text] == [["0.89", "0.12"], ["1.00", "0.00"]]
+
+
+def test_comparison_metric_dropdown_shows_readable_names():
+    scores = {"map_11pt": 0.5, "map": 0.4, "precision_at_100": 0.6}
+    result = {"epochs": [{"loss": 1.0, "mse/stage1": 0.9, "pkt/act_fc1": 0.003}],
+              "retrieval": {"euclidean": scores, "cosine": scores}}
+    view = ComparisonView({"paper": result})
+    labels = [label for label, _key in view.metric.options]
+    assert labels == ["mAP (11-point)", "mAP (non-interpolated)", "precision@100"]
+    assert view.metric.value == "map_11pt"
+    assert "_" not in view.figure.layout.annotations[1].text
+
+
+def test_live_plot_log_axis_and_validation_panel_only_with_validation_data():
+    live = LivePlot(every=1)
+    for step in (1, 2):
+        live.on_batch_end(SimpleNamespace(step=step), {"loss": 2.0, "pkt/act_fc1": 0.003})
+    live.on_epoch_end(SimpleNamespace(step=2), {"epoch": 1})
+    assert live.figure.layout.yaxis.type == "log"
+    assert [t.name for t in live.figure.data] == ["total", "pkt/act_fc1"]
+    assert not any(t.xaxis == "x2" for t in live.figure.data) and live.figure.layout.xaxis.domain == (0, 1)
+    live.on_epoch_end(SimpleNamespace(step=2), {"epoch": 1, "val_acc": 0.7})
+    assert live.figure.data[-1].xaxis == "x2" and live.figure.data[-1].y == (0.7,)
+    assert live.figure.layout.xaxis.domain[1] < 1
+    assert [t["name"] for t in live.figure._widget_data] == ["total", "pkt/act_fc1", "validation accuracy"]
+
+
+def test_survival_error_bars_stay_above_zero():
+    survival = {"L1": {"channels": [0.02, 0.3], "paths": [0.0, 0.01]}}
+    fig = survival_figure(survival)
+    for bar in fig.data:
+        assert all(low <= mean + 1e-12 for low, mean in zip(bar.error_y.arrayminus, bar.y))
