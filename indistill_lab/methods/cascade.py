@@ -194,11 +194,15 @@ class CascadedTA(Method):
               progress: bool = False, epochs: int | None = None) -> Trained:
         network = pretrained_network(ctx, self.name)
         level = student_level(network, build(ctx.cfg, "student"))
-        total = ctx.cfg.epochs if epochs is None else epochs
-        student_epochs = max(1, total // 3)
-        schedule = CascadeSchedule(max(1, total - student_epochs), student_epochs, lr=ctx.cfg.lr,
-                                   lr_low=ctx.cfg.lr_low,
-                                   low_epochs=min(student_epochs - 1, max(0, ctx.cfg.epochs - ctx.cfg.lr_drop_epoch)))
+        cfg = ctx.cfg
+        student_epochs = max(1, cfg.epochs // 3)  # two thirds joint, one third the student alone
+        joint_epochs = max(1, cfg.epochs - student_epochs)
+        low = min(student_epochs - 1, max(0, cfg.epochs - cfg.lr_drop_epoch))
+        if epochs is not None:  # the first `epochs` of the same schedule (lr drop at the same phase-2 epoch)
+            drop_at = student_epochs - low
+            joint_epochs, student_epochs = max(1, min(joint_epochs, epochs)), max(0, epochs - joint_epochs)
+            low = max(0, student_epochs - drop_at)
+        schedule = CascadeSchedule(joint_epochs, student_epochs, lr=cfg.lr, lr_low=cfg.lr_low, low_epochs=low)
         probe = (ctx.train.x[-2000:], ctx.train.y[-2000:])
         try:
             result = train_cascade(network, cascade_levels(level, self.assistants), ctx.loader_for(seed), schedule,
