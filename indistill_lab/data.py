@@ -8,7 +8,10 @@ torchvision's download. CIFAR-10 comes from torchvision's download.
 from __future__ import annotations
 
 import gzip
+import hashlib
+import numbers
 import shutil
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -26,6 +29,16 @@ FASHION_FILES = (
     "t10k-labels-idx1-ubyte",
 )
 QUICK_SIZES = {"train": 2048, "test": 512}
+IDX_MAGIC = {"images": 2051, "labels": 2049}  # idx headers: unsigned bytes, 3 or 1 dimensions
+FASHION_COUNTS = {"train": 60_000, "t10k": 10_000}
+# sha256 of the decoded files of the official release (identical in Debian's recompressed package and
+# torchvision's download, whose archive md5 does not match Debian's .gz). Checked on full-size files.
+FASHION_SHA256 = {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
 
 
 @dataclass(frozen=True)
@@ -65,6 +78,10 @@ class DatasetUnavailable(FileNotFoundError):
     """No source could provide the dataset; the message lists the ways to fix it."""
 
 
+class DatasetCorrupt(ValueError):
+    """A dataset file is damaged (truncated, wrong header, labels out of range, changed bytes)."""
+
+
 @dataclass
 class Split:
     """One split of a dataset held in memory: normalised images `x` (N, C, H, W) and labels `y`."""
@@ -79,6 +96,8 @@ class Split:
 
     def subset(self, n: int, seed: int = 0) -> "Split":
         """A deterministic subset of `n` examples with every class equally represented."""
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+            raise ValueError(f"subset size must be a positive whole number of examples, not {n!r}.")
         if n >= len(self):
             return self
         g = torch.Generator().manual_seed(seed)
@@ -112,17 +131,84 @@ def _has_raw(root: Path) -> bool:
     return all((_raw_dir(root) / f).is_file() for f in FASHION_FILES)
 
 
+def check_idx_file(path: Path, name: str, fix: str, num_classes: int = 10) -> int:
+    """Check one decoded Fashion-MNIST idx file `name` stored at `path`; return its number of items.
+
+    Checks the header magic, the image size (28 x 28), that the file size matches the header's
+    count, that labels lie in [0, num_classes) and, for a file of the official size, its sha256.
+    Raises `DatasetCorrupt` naming the file and `fix`.
+    """
+    kind = "images" if "images" in name else "labels"
+    header = 16 if kind == "images" else 8
+    blob = Path(path).read_bytes()
+
+    def corrupt(problem: str) -> DatasetCorrupt:
+        return DatasetCorrupt(f"{path} is not a valid Fashion-MNIST {kind} file: {problem}. {fix}")
+
+    if len(blob) < header:
+        raise corrupt(f"only {len(blob)} bytes, shorter than the {header}-byte idx header (truncated?)")
+    fields = [int.from_bytes(blob[i:i + 4], "big") for i in range(0, header, 4)]
+    if fields[0] != IDX_MAGIC[kind]:
+        raise corrupt(f"header magic {fields[0]}, expected {IDX_MAGIC[kind]}")
+    count = fields[1]
+    if kind == "images" and fields[2:] != [28, 28]:
+        raise corrupt(f"images of {fields[2]} x {fields[3]} pixels, expected 28 x 28")
+    expected = header + count * (784 if kind == "images" else 1)
+    if len(blob) != expected:
+        raise corrupt(f"{len(blob)} bytes where the header's {count} items need {expected} (truncated or padded)")
+    if kind == "labels" and count and max(blob[header:]) >= num_classes:
+        raise corrupt(f"label {max(blob[header:])} is out of range (classes are 0..{num_classes - 1})")
+    if count == FASHION_COUNTS[name.split("-")[0]] and hashlib.sha256(blob).hexdigest() != FASHION_SHA256[name]:
+        raise corrupt("its sha256 differs from the official release's (changed bytes)")
+    return count
+
+
+_VERIFIED: set[tuple[str, int, int]] = set()  # (path, size, mtime) of raw folders already checked
+
+
+def verify_raw(root: Path) -> None:
+    """Check the four decoded files in `<root>/FashionMNIST/raw/` (once per process while unchanged)."""
+    raw = _raw_dir(root)
+    key = tuple((str(raw / f), (raw / f).stat().st_size, (raw / f).stat().st_mtime_ns) for f in FASHION_FILES)
+    if key in _VERIFIED:
+        return
+    fix = (f"Delete it and run `python -m indistill_lab data` to extract it again from Debian's package "
+           "(or to download it).")
+    counts = {f: check_idx_file(raw / f, f, fix) for f in FASHION_FILES}
+    for split in FASHION_COUNTS:
+        images, labels = counts[f"{split}-images-idx3-ubyte"], counts[f"{split}-labels-idx1-ubyte"]
+        if images != labels:
+            raise DatasetCorrupt(f"{raw}: {split} has {images} images but {labels} labels. {fix}")
+    _VERIFIED.add(key)
+
+
 def _extract_debian(root: Path, debian_dir: Path) -> bool:
-    """Extract Debian's gzip files into the torchvision raw folder; False if the package is absent."""
+    """Extract and check Debian's gzip files into the torchvision raw folder; False if the package is absent.
+
+    Every file is decoded to a `.part` file and checked before any is renamed into place; on a damaged
+    archive the `.part` files are removed and `DatasetCorrupt` names the archive.
+    """
     sources = [debian_dir / f"{f}.gz" for f in FASHION_FILES]
     if not all(s.is_file() for s in sources):
         return False
     raw = _raw_dir(root)
     raw.mkdir(parents=True, exist_ok=True)
-    for src, name in zip(sources, FASHION_FILES):
-        tmp = raw / f"{name}.part"
-        with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
-            shutil.copyfileobj(fin, fout)
+    parts = [raw / f"{name}.part" for name in FASHION_FILES]
+    fix = "Reinstall the package: sudo apt-get install --reinstall dataset-fashion-mnist."
+    try:
+        for src, name, tmp in zip(sources, FASHION_FILES, parts):
+            try:
+                with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
+                    shutil.copyfileobj(fin, fout)
+            except (OSError, EOFError, zlib.error) as exc:
+                raise DatasetCorrupt(f"{src} cannot be decompressed ({type(exc).__name__}: {exc}); the archive "
+                                     f"is truncated or damaged. {fix}") from exc
+            check_idx_file(tmp, name, f"It was decoded from {src}. {fix}")
+    except BaseException:
+        for tmp in parts:
+            tmp.unlink(missing_ok=True)
+        raise
+    for tmp, name in zip(parts, FASHION_FILES):
         tmp.replace(raw / name)
     return True
 
@@ -134,12 +220,15 @@ def ensure_fashion_mnist(
 ) -> str:
     """Make Fashion-MNIST's raw files available under `root`; return which source was used.
 
-    Returns "raw", "debian" or "download". Raises `DatasetUnavailable` naming every fix.
+    Returns "raw", "debian" or "download", after checking the files' decoded contents. Raises
+    `DatasetUnavailable` naming every fix, or `DatasetCorrupt` naming a damaged file.
     """
     root = Path(root) if root is not None else data_root()
     if _has_raw(root):
+        verify_raw(root)
         return "raw"
     if _extract_debian(root, debian_dir):
+        verify_raw(root)
         return "debian"
     error = "downloads were disabled"
     if allow_download:
@@ -147,10 +236,12 @@ def ensure_fashion_mnist(
             from torchvision.datasets import FashionMNIST
 
             FashionMNIST(str(root), train=True, download=True)
-            if _has_raw(root):
-                return "download"
         except Exception as exc:  # network errors come in many types
             error = f"{type(exc).__name__}: {exc}"
+        else:
+            if _has_raw(root):
+                verify_raw(root)
+                return "download"
     raise DatasetUnavailable(
         f"Fashion-MNIST was not found in {_raw_dir(root)} and could not be obtained ({error}).\n"
         "Fix it in one of three ways:\n"
