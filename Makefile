@@ -13,7 +13,7 @@ LAB_FLAGS ?= $(if $(or $(DISPLAY),$(filter Darwin,$(shell uname -s))),,--no-brow
 DEBIAN_FASHION := /usr/share/datasets/fashion-mnist
 RAW_FASHION := data/FashionMNIST/raw/train-images-idx3-ubyte
 
-.PHONY: lab test setup data clean-venv
+.PHONY: lab test setup data chromium notebooks clean-venv
 .DEFAULT_GOAL := lab
 
 # Reinstalled only when pyproject.toml changes (the stamp is newer otherwise).
@@ -32,15 +32,32 @@ data: setup
 		apt-get update -q && apt-get install -y -q dataset-fashion-mnist || echo "apt-get failed: falling back to the download"; fi
 	$(PY) -m indistill_lab data
 
+# Chromium for the browser test (tests/test_browser.py, driven by Playwright from the dev extras, which never
+# downloads its own browsers): Debian's package, installed here when apt-get is usable as root; without it the
+# test is skipped and says why.
+CHROMIUM ?= /usr/bin/chromium
+chromium:
+	@if [ ! -x $(CHROMIUM) ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -q && apt-get install -y -q chromium || echo "apt-get failed: the browser test will be skipped"; fi
+	@[ -x $(CHROMIUM) ] || echo "No chromium at $(CHROMIUM): the browser test will be skipped."
+
 lab: data
 	@echo "Starting JupyterLab on $(FIRST_NOTEBOOK). On a server, open the http://127.0.0.1:8888/lab?token=... URL it prints (ssh -L 8888:localhost:8888 to reach it)."
 	$(VENV)/bin/jupyter lab $(LAB_FLAGS) $(FIRST_NOTEBOOK)
 
-# pytest exits 5 when it collected no test: that is reported, not treated as a failure.
-test: data
-	INDISTILL_QUICK=1 $(PY) -m pytest -q --nbval-lax --nbval-current-env \
+# pytest exits 5 when it collected no test: that is reported, not treated as a failure. -rs prints why a test
+# was skipped (the browser test without chromium).
+test: data chromium
+	INDISTILL_QUICK=1 $(PY) -m pytest -q -rs --nbval-lax --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider tests notebooks; \
 	rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
+
+# Run the notebooks in quick mode and store their outputs as static figures (readable without a kernel):
+#   make notebooks                       every notebook
+#   make notebooks NOTEBOOKS="notebooks/07_indistill_end_to_end.ipynb"
+NOTEBOOKS ?= $(wildcard notebooks/*.ipynb)
+notebooks: data
+	INDISTILL_QUICK=1 $(PY) -m indistill_lab.viz.store $(NOTEBOOKS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,0 +1,215 @@
+"""Every notebook as a learner meets it: opened in JupyterLab in a real browser (Debian's chromium driven by
+Playwright), run with Run All in quick mode, every widget and plotly figure drawn, a control moved.
+
+Screenshots land in test-artifacts/browser/ (git-ignored), beside the notebook copies the browser ran (the
+repository's notebooks are never written). Skipped, with the reason, when chromium or Playwright is missing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+ARTIFACTS = REPO / "test-artifacts" / "browser"
+CHROMIUM = Path(os.environ.get("INDISTILL_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+RUN_TIMEOUT = float(os.environ.get("INDISTILL_BROWSER_TIMEOUT", "420"))
+RAW_REPRS = ("VBox(", "FigureWidget(", "<bound method", "Error displaying widget")
+LAB_SETTINGS = {  # every cell kept in the page (no virtual scrolling), no news or update checks
+    "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false",
+                                                                        "checkForUpdates": False},
+}
+
+# The state of the open notebook: kernel busy, cells queued or running, code cells run, error outputs.
+STATUS_JS = """() => {
+  const panel = window.jupyterapp.shell.currentWidget;
+  const kernel = panel.sessionContext.session && panel.sessionContext.session.kernel;
+  const cells = panel.content.widgets.filter(c => c.model.type === 'code');
+  const errors = [];
+  cells.forEach((c, i) => c.model.outputs.toJSON().forEach(o => {
+    if (o.output_type === 'error') errors.push(`cell ${i + 1}: ${o.ename}: ${o.evalue}`); }));
+  return {busy: !kernel || kernel.status !== 'idle', code: cells.length, errors,
+          queued: cells.filter(c => (c.promptNode ? c.promptNode.textContent : '').includes('*')).length,
+          ran: cells.filter(c => c.model.executionCount !== null).length};
+}"""
+
+# What the page shows: raw reprs or widget errors in outputs, plotly figures without data, 'trace N' legends,
+# widget outputs still loading.
+RENDER_JS = """(raw) => {
+  const panel = window.jupyterapp.shell.currentWidget.content.node;
+  const problems = [];
+  panel.querySelectorAll('.jp-OutputArea-output').forEach(out => {
+    raw.forEach(r => { if (out.innerText.includes(r)) problems.push(`output shows ${JSON.stringify(r)}`); });
+    if (out.innerText.trim() === 'Loading widget...') problems.push('a widget never loaded');
+  });
+  const plots = [...panel.querySelectorAll('.js-plotly-plot')];
+  plots.forEach((gd, i) => {
+    const data = gd._fullData || [];
+    const filled = data.some(t => ['x', 'y', 'z', 'values', 'node'].some(k => t[k] && (t[k].length > 0
+                                   || (t[k].label && t[k].label.length > 0))));
+    if (!gd.querySelector('.main-svg') || !filled) problems.push(`plotly figure ${i + 1} drew no data`);
+    gd.querySelectorAll('.legendtext').forEach(l => {
+      if (/^trace \\d+$/.test(l.textContent)) problems.push(`figure ${i + 1} legend reads "${l.textContent}"`); });
+  });
+  return {problems, plots: plots.length,
+          widgets: panel.querySelectorAll('[data-mime-type="application/vnd.jupyter.widget-view+json"]').length};
+}"""
+
+# A fingerprint of the data of the figures inside each widget output that has a control beside a figure.
+FINGERPRINT_JS = """() => {
+  const outs = [...window.jupyterapp.shell.currentWidget.content.node.querySelectorAll(
+      '[data-mime-type="application/vnd.jupyter.widget-view+json"]')];
+  return outs.map(out => {
+    const plots = [...out.querySelectorAll('.js-plotly-plot')];
+    const controls = out.querySelectorAll('.widget-dropdown select, .widget-toggle-button, .noUi-handle').length;
+    if (!plots.length || !controls) return null;
+    return JSON.stringify(plots.map(gd => (gd.data || []).map(t => ['x', 'y', 'z', 'name'].map(k => {
+      const v = t[k]; return v && v.length !== undefined && typeof v !== 'string' ? Array.from(v).slice(0, 400) : v;
+    }))));
+  });
+}"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[dict[str, Any]]:
+    """A JupyterLab server on a free port over copies of the notebooks, and a chromium page driving it."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"browser test SKIPPED: no chromium at {CHROMIUM} (`make test` installs Debian's `chromium` "
+                    "where apt-get is usable as root; or set INDISTILL_CHROMIUM to a chromium binary)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="browser test SKIPPED: Playwright is not installed "
+                                                                 "(pip install -e '.[dev]')")
+    if ARTIFACTS.exists():
+        shutil.rmtree(ARTIFACTS)
+    root, settings = ARTIFACTS / "notebooks", ARTIFACTS / ".lab" / "settings"
+    shutil.copytree(REPO / "notebooks", root)
+    for name, values in LAB_SETTINGS.items():
+        (settings / name).parent.mkdir(parents=True, exist_ok=True)
+        (settings / name).write_text(json.dumps(values))
+    port, token = _free_port(), secrets.token_hex(16)
+    env = {**os.environ, "INDISTILL_QUICK": "1", "JUPYTERLAB_SETTINGS_DIR": str(settings),
+           "JUPYTERLAB_WORKSPACES_DIR": str(ARTIFACTS / ".lab" / "workspaces")}
+    command = [str(Path(sys.executable).parent / "jupyter"), "lab", "--no-browser", f"--port={port}",
+               "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+               "--LabApp.expose_app_in_browser=True", "--ServerApp.port_retries=0"]
+    if os.geteuid() == 0:
+        command.append("--allow-root")
+    log = (ARTIFACTS / "jupyterlab.log").open("w")
+    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, f"JupyterLab exited: see {log.name}"
+                time.sleep(0.5)
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            yield {"page": page, "url": url, "token": token, "root": root}
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+def _open(lab: dict[str, Any], name: str) -> Any:
+    page = lab["page"]
+    page.goto(f"{lab['url']}/lab/tree/{name}?token={lab['token']}&reset")
+    page.wait_for_function("""() => { const p = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+        return p && p.context && p.context.isReady && p.sessionContext.session && p.sessionContext.session.kernel
+               && p.sessionContext.session.kernel.status === 'idle'; }""", timeout=120_000)
+    return page
+
+
+def _run_all(page: Any, name: str) -> dict[str, Any]:
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    deadline, settled = time.monotonic() + RUN_TIMEOUT, 0
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        status = page.evaluate(STATUS_JS)
+        done = not status["busy"] and not status["queued"] and (status["ran"] == status["code"] or status["errors"])
+        settled = settled + 1 if done else 0
+        if settled >= 2:
+            return status
+    pytest.fail(f"{name}: Run All did not finish in {RUN_TIMEOUT:.0f} s ({status})")
+
+
+def _move_a_control(page: Any, shots: Path) -> str:
+    """Change the first control that changes its figure's data; returns what was moved."""
+    before = page.evaluate(FINGERPRINT_JS)
+    outputs = page.locator('[data-mime-type="application/vnd.jupyter.widget-view+json"]')
+    for index, fingerprint in enumerate(before):
+        if fingerprint is None:
+            continue
+        out = outputs.nth(index)
+        attempts = [("dropdown", out.locator(".widget-dropdown select")),
+                    ("toggle button", out.locator(".widget-toggle-button:not(.mod-active)")),
+                    ("slider", out.locator(".noUi-handle"))]
+        for kind, control in attempts:
+            if not control.count():
+                continue
+            control = control.first
+            control.scroll_into_view_if_needed()
+            if kind == "dropdown":
+                options = control.locator("option").all_inner_texts()
+                current = control.evaluate("s => s.selectedIndex")
+                control.select_option(index=(current + 1) % len(options))
+            elif kind == "toggle button":
+                control.click()
+            else:
+                control.focus()
+                control.press("ArrowLeft")
+            for _ in range(60):
+                time.sleep(0.5)
+                if page.evaluate(FINGERPRINT_JS)[index] != fingerprint:
+                    out.screenshot(path=shots / "control-moved.png")
+                    return f"{kind} of widget output {index + 1}"
+    return ""
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem[:2] for p in NOTEBOOKS])
+def test_notebook_runs_and_draws_in_a_browser(lab: dict[str, Any], notebook: Path) -> None:
+    shots = ARTIFACTS / "screenshots" / notebook.stem
+    shots.mkdir(parents=True, exist_ok=True)
+    page = _open(lab, notebook.name)
+    stored = page.evaluate(RENDER_JS, list(RAW_REPRS))
+    page.screenshot(path=shots / "stored.png")
+    assert not stored["problems"], f"{notebook.name} before running: {stored['problems']}"
+
+    status = _run_all(page, notebook.name)
+    assert not status["errors"], f"{notebook.name}: error outputs {status['errors']}"
+    time.sleep(2)  # widgets and figures draw after the kernel is idle
+    shown = page.evaluate(RENDER_JS, list(RAW_REPRS))
+    for i, plot in enumerate(page.locator(".js-plotly-plot").all()[:12]):
+        plot.scroll_into_view_if_needed()
+        plot.screenshot(path=shots / f"figure-{i + 1:02d}.png")
+    assert not shown["problems"], f"{notebook.name}: {shown['problems']}"
+    assert shown["plots"] > 0, f"{notebook.name}: no plotly figure was drawn"
+    if shown["widgets"]:
+        moved = _move_a_control(page, shots)
+        assert moved, f"{notebook.name}: no control changed its figure's data"
+    page.evaluate("""async () => { const p = window.jupyterapp.shell.currentWidget;
+        await p.sessionContext.shutdown(); p.context.model.dirty = false; p.close(); }""")
