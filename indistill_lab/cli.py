@@ -1,5 +1,6 @@
 """Command line: `python -m indistill_lab data` (make Fashion-MNIST available), `zoo build|evaluate|list`,
-`reproduce` (every InDistill method and baseline over seeds -> results/<dataset>.csv, .md, .png)."""
+`reproduce` (every InDistill method and baseline over seeds -> results/<dataset>.csv, .md, .png).
+Bad input is reported as one line `error: ...` with exit status 2; `--debug` shows the traceback."""
 from __future__ import annotations
 
 import argparse
@@ -14,15 +15,18 @@ from .train import OPTIMIZER_STATE_POLICIES
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m indistill_lab", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    common = argparse.ArgumentParser(add_help=False)  # --debug also accepted after the command
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("data", help="make Fashion-MNIST available offline (raw folder, Debian package or download)")
-    zp = sub.add_parser("zoo", help="build or list the pretrained model zoo")
+    sub.add_parser("data", parents=[common], help="make Fashion-MNIST available offline (raw folder, Debian package or download)")
+    zp = sub.add_parser("zoo", parents=[common], help="build or list the pretrained model zoo")
     zp.add_argument("action", choices=["build", "evaluate", "list"],
                     help="build: train and evaluate; evaluate: re-measure shipped models; list: print the manifest")
     zp.add_argument("--only", nargs="+", metavar="NAME", help=f"models to build (default all: {', '.join(zoo.RECIPES)})")
     zp.add_argument("--force", action="store_true", help="retrain models that are already built")
     zp.add_argument("--dataset", default="fashion-mnist")
-    rp = sub.add_parser("reproduce", help="run InDistill and every baseline over seeds; write the results table "
+    rp = sub.add_parser("reproduce", parents=[common], help="run InDistill and every baseline over seeds; write the results table "
                         "(results/<dataset>.csv/.md/.png for the default budget, <dataset>-<config digest>.* otherwise)")
     rp.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "cifar10"])
     rp.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
@@ -44,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args)
     except (KeyError, ValueError, FileNotFoundError, RuntimeError) as exc:
+        if args.debug:
+            raise
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {message}", file=sys.stderr)
         return 2
@@ -58,7 +64,7 @@ def _run(args: argparse.Namespace) -> int:
             zoo.build(args.only, args.dataset, force=args.force)
         elif args.action == "evaluate":
             zoo.evaluate_zoo(args.only, args.dataset)
-        print(json.dumps(zoo.read_manifest()["models"], indent=2))
+        print(json.dumps(zoo.models_for(args.dataset), indent=2))
     elif args.command == "reproduce":
         from .experiments.reproduce import markdown_summary, reproduce
         from .pipeline import RunConfig

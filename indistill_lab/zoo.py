@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .config import REPO_ROOT, default_device
-from .data import Loader, load_split
+from .data import Loader, dataset_info, load_split
 from .metrics import accuracy, evaluate_retrieval
 from .models import build_model, model_from_config
 from .train import Trainer, save_checkpoint
@@ -40,9 +40,29 @@ def _sha256(path: Path) -> str:
 
 
 def read_manifest(zoo_dir: Path = ZOO_DIR) -> dict[str, Any]:
-    """The manifest as a dict ({"models": {}} when nothing has been built)."""
+    """The manifest as a dict ({"models": {}} when nothing has been built); raises ValueError if malformed."""
     path = Path(zoo_dir) / "manifest.json"
-    return json.loads(path.read_text()) if path.is_file() else {"models": {}}
+    if not path.is_file():
+        return {"models": {}}
+    fix = "Restore it with git (`git checkout -- data/zoo/manifest.json`) or rebuild with `python -m indistill_lab zoo build`."
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"The zoo manifest {path} is not valid JSON ({exc}). {fix}") from exc
+    models = manifest.get("models") if isinstance(manifest, dict) else None
+    if not isinstance(models, dict) or not all(
+            isinstance(e, dict) and isinstance(e.get("file"), str) and isinstance(e.get("sha256"), str)
+            for e in models.values()):
+        raise ValueError(f"The zoo manifest {path} is malformed: it needs {{\"models\": {{name: {{\"file\": ..., "
+                         f"\"sha256\": ..., ...}}}}}}. {fix}")
+    return manifest
+
+
+def models_for(dataset: str, zoo_dir: Path = ZOO_DIR) -> dict[str, Any]:
+    """The manifest entries of the models trained on `dataset` (a known dataset name)."""
+    name = dataset_info(dataset).name
+    return {k: e for k, e in read_manifest(zoo_dir)["models"].items()
+            if e.get("dataset", e["file"].split("/")[0]) == name}
 
 
 def record(zoo_dir: Path, name: str, fields: dict[str, Any]) -> None:
@@ -68,10 +88,25 @@ def save_model(model: nn.Module, path: Path | str) -> str:
 
 
 def load_file(path: Path | str, device: torch.device | str = "cpu") -> nn.Module:
-    """Rebuild a model saved by `save_model`, in eval mode."""
-    ckpt = torch.load(path, map_location=device, weights_only=False)
-    model = model_from_config(ckpt["config"])
-    model.load_state_dict(ckpt["state_dict"])
+    """Rebuild a model saved by `save_model`, in eval mode; ValueError naming the file if it is not one."""
+    fix = "Restore it with git or rebuild it with `python -m indistill_lab zoo build --force`."
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=False)
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise ValueError(f"{path} cannot be read as a checkpoint ({type(exc).__name__}: {exc}); it is truncated "
+                         f"or not a torch file. {fix}") from exc
+    if not isinstance(ckpt, dict) or not {"config", "state_dict"} <= set(ckpt):
+        raise ValueError(f"{path} is not a zoo model file (it needs 'config' and 'state_dict', as written by "
+                         f"zoo.save_model). {fix}")
+    try:
+        model = model_from_config(ckpt["config"])
+        model.load_state_dict(ckpt["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        detail = exc.args[0] if exc.args else exc
+        raise ValueError(f"{path}: its weights do not fit the architecture its config describes ({detail}). "
+                         f"{fix}") from exc
     return model.to(device).eval()
 
 
@@ -121,6 +156,7 @@ def build(names: list[str] | None = None, dataset: str = "fashion-mnist", zoo_di
     unknown = [n for n in names if n not in RECIPES]
     if unknown:
         raise KeyError(f"Unknown zoo model(s) {unknown}. Known: {', '.join(RECIPES)}.")
+    dataset = dataset_info(dataset).name  # before any folder is created
     zoo_dir = Path(zoo_dir)
     sub = zoo_dir / dataset
     sub.mkdir(parents=True, exist_ok=True)
@@ -159,8 +195,13 @@ def build(names: list[str] | None = None, dataset: str = "fashion-mnist", zoo_di
 
 def evaluate_zoo(names: list[str] | None = None, dataset: str = "fashion-mnist",
                  zoo_dir: Path = ZOO_DIR) -> dict[str, Any]:
-    """Re-measure accuracy and retrieval of shipped models (default: all) and record them in the manifest."""
-    for name in names if names is not None else available(zoo_dir):
+    """Re-measure accuracy and retrieval of shipped models (default: all of `dataset`) and record them."""
+    shipped = models_for(dataset, zoo_dir)
+    unknown = [n for n in names or () if n not in shipped]
+    if unknown:
+        raise KeyError(f"No model(s) {unknown} for {dataset} in the zoo at {zoo_dir}. "
+                       f"Available: {', '.join(shipped) or 'none'}.")
+    for name in names if names is not None else list(shipped):
         record(zoo_dir, name, evaluate(load(name, zoo_dir), dataset))
         print(f"{name}: {read_manifest(zoo_dir)['models'][name]}", file=sys.stderr)
     return read_manifest(zoo_dir)
