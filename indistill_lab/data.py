@@ -172,7 +172,7 @@ def verify_raw(root: Path) -> None:
     key = tuple((str(raw / f), (raw / f).stat().st_size, (raw / f).stat().st_mtime_ns) for f in FASHION_FILES)
     if key in _VERIFIED:
         return
-    fix = (f"Delete it and run `python -m indistill_lab data` to extract it again from Debian's package "
+    fix = ("Delete it and run `python -m indistill_lab data` to extract it again from Debian's package "
            "(or to download it).")
     counts = {f: check_idx_file(raw / f, f, fix) for f in FASHION_FILES}
     for split in FASHION_COUNTS:

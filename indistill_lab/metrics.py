@@ -109,11 +109,34 @@ def _ranking_scores(queries: torch.Tensor, db: torch.Tensor, db_sq_norms: torch.
     """Per-query scores that order the database exactly like the chosen distance.
 
     Euclidean: ||d||^2 - 2 q.d (the squared distance minus the per-query constant ||q||^2).
-    Cosine: -q.d on unit vectors (the cosine distance minus the constant 1).
+    Cosine: -q.d on unit vectors (the cosine distance minus the constant 1), computed in float64 and
+    rounded to float32, so identical unit vectors score identically wherever the matrix product puts
+    them (float32 products split such ties by the column's position in the blocked kernel).
     """
     if db_sq_norms is None:
-        return torch.mm(-queries, db.T)
+        return torch.mm(-queries, db.T).float()
     return torch.addmm(db_sq_norms, queries, db.T, alpha=-2.0)
+
+
+def _prepared_features(queries: torch.Tensor, db: torch.Tensor, distance: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both feature sets, on the CPU in float32 (float64 if either is float64), ready for `_ranking_scores`.
+
+    Euclidean: both sets are shifted by the database mean, rounded per dimension to a power of two
+    no larger than that dimension's spread. Distances do not change, but the scores no longer carry a
+    large common offset whose float32 rounding would swamp them (offset 1e4: mAP at chance), and
+    features on a coarse grid (small integers) stay exact, so their equal distances stay exact ties.
+    Cosine: rows are normalised in float64 and kept in float64, so parallel vectors of any length get
+    (almost always) the same unit vector and tie exactly.
+    """
+    dtype = torch.float64 if torch.float64 in (queries.dtype, db.dtype) else torch.float32
+    queries, db = queries.detach().cpu().double(), db.detach().cpu().double()
+    if distance == "cosine":
+        return nn.functional.normalize(queries, dim=1), nn.functional.normalize(db, dim=1)
+    mean = db.mean(0)
+    spread = (db - mean).abs().amax(0)
+    step = torch.exp2(torch.floor(torch.log2(spread.clamp(min=torch.finfo(torch.float64).tiny))))
+    shift = torch.where(spread > 0, torch.round(mean / step) * step, db[0])
+    return (queries - shift).to(dtype), (db - shift).to(dtype)
 
 
 def _relevant_ranks(scores: np.ndarray, rel_start: int, rel_stop: int, ties: str) -> np.ndarray:
@@ -204,7 +227,11 @@ def retrieval_metrics(query_feats: torch.Tensor, query_labels: torch.Tensor, db_
 
     Ties (equal computed distances) are `pessimistic` by default: irrelevant items rank before
     relevant ones at the same distance, so collapsed features cannot score well (constant
-    features score below chance). `optimistic` puts relevant items first, an upper bound. Queries are processed `chunk_size` at a time
+    features score below chance). `optimistic` puts relevant items first, an upper bound. Equal
+    distances are exact ties: parallel vectors for cosine, and equidistant points with coordinates
+    on a coarse grid (e.g. small integers, at any common offset) for Euclidean. Precision does not
+    depend on a common offset of the features (see `_prepared_features`); Euclidean ranks float64 input in
+    float64; cosine distances are resolved to float32. A zero vector has no direction: its cosine distance to every item is 1. Queries are processed `chunk_size` at a time
     (memory about 12 bytes x chunk_size x database size), so no query x database matrix is held.
 
     >>> x = torch.tensor([[0.0], [1.0], [10.0]]); y = torch.tensor([0, 0, 1])
@@ -212,11 +239,8 @@ def retrieval_metrics(query_feats: torch.Tensor, query_labels: torch.Tensor, db_
     1.0
     """
     _check_retrieval_inputs(query_feats, query_labels, db_feats, db_labels, distance, ties, top_k, chunk_size)
-    query_feats, db_feats = query_feats.float().cpu(), db_feats.float().cpu()
+    query_feats, db_feats = _prepared_features(query_feats, db_feats, distance)
     query_labels, db_labels = query_labels.cpu(), db_labels.cpu()
-    if distance == "cosine":
-        query_feats = nn.functional.normalize(query_feats, dim=1)
-        db_feats = nn.functional.normalize(db_feats, dim=1)
     # Database sorted by label, so each class's relevant items are one contiguous block of columns.
     order = torch.argsort(db_labels, stable=True)
     db_feats, db_labels = db_feats[order].contiguous(), db_labels[order]

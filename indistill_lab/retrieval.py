@@ -15,12 +15,25 @@ RECALL_POINTS = torch.linspace(0, 1, 11)
 
 
 def distances(query: torch.Tensor, db: torch.Tensor, distance: str = "euclidean") -> torch.Tensor:
-    """Distances from one query feature vector (D,) to every database row (N, D)."""
+    """Distances from one query feature vector (D,) to every database row (N, D).
+
+    Computed in float64 (whatever the common offset of the features), returned in float32 unless
+    an input is float64; equal distances are exact ties as in `metrics.retrieval_metrics`, cosine
+    distances are resolved to float32 like there, and a zero vector is at cosine distance 1 from all.
+    """
+    if distance not in ("euclidean", "cosine"):
+        raise ValueError(f"Unknown distance {distance!r}: use 'euclidean' or 'cosine'.")
+    if db.dim() != 2 or query.numel() != db.shape[1]:
+        raise ValueError(f"The query has {query.numel()} values and the database shape {tuple(db.shape)}; "
+                         "give one feature vector (D,) and a database (N, D) from the same model.")
+    if not (torch.isfinite(query).all() and torch.isfinite(db).all()):
+        raise ValueError("The features contain NaN or infinite values (a diverged model?); "
+                         "retrieval needs finite features.")
+    dtype = torch.float64 if torch.float64 in (query.dtype, db.dtype) else torch.float32
+    q, d = query.detach().view(1, -1).double(), db.detach().double()
     if distance == "euclidean":
-        return torch.cdist(query.view(1, -1).float(), db.float()).squeeze(0)
-    if distance == "cosine":
-        return 1 - F.cosine_similarity(query.view(1, -1).float(), db.float(), dim=1)
-    raise ValueError(f"Unknown distance {distance!r}: use 'euclidean' or 'cosine'.")
+        return (d - q).norm(dim=1).to(dtype)
+    return (1 - (F.normalize(d, dim=1) @ F.normalize(q, dim=1).T).squeeze(1).float()).to(dtype)
 
 
 @dataclass
