@@ -4,8 +4,8 @@ relative L1 (the cascade's initial mask) then fine-tuned with CE, or then distil
 
     python -m indistill_lab.experiments.cascade --seeds 0 1 2     # results/cascade.csv, .md, .png
 
-The report covers every full-budget run in the cache (the committed table: seeds 0 and 1 for every level,
-seed 2 for k = 0.8 only; `--seeds 2` completes it).
+The report covers every full-budget run in the cache, whichever command made it (the committed table: seeds
+0, 1, 2 for every level and number of assistants).
 
 Each run is cached as JSON in results/precomputed/cascade/ (so the grid resumes, seeds can run in parallel
 processes, and notebook 08 reads it instantly); the report is rebuilt from the cache.
