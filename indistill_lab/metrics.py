@@ -231,7 +231,8 @@ def retrieval_metrics(query_feats: torch.Tensor, query_labels: torch.Tensor, db_
     distances are exact ties: parallel vectors for cosine, and equidistant points with coordinates
     on a coarse grid (e.g. small integers, at any common offset) for Euclidean. Precision does not
     depend on a common offset of the features (see `_prepared_features`); Euclidean ranks float64 input in
-    float64; cosine distances are resolved to float32. A zero vector has no direction: its cosine distance to every item is 1. Queries are processed `chunk_size` at a time
+    float64; cosine distances are resolved to float32. A zero vector has no direction: its cosine
+    distance to every item is 1. Queries are processed `chunk_size` at a time
     (memory about 12 bytes x chunk_size x database size), so no query x database matrix is held.
 
     >>> x = torch.tensor([[0.0], [1.0], [10.0]]); y = torch.tensor([0, 0, 1])

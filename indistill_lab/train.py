@@ -140,6 +140,14 @@ class Trainer:
         optimizer_state: str = "run",
     ) -> None:
         resets_optimizer(optimizer_state, 0)  # validates the policy name before anything is built
+        lrs = {"lr": lr, **{f"lr_schedule[{e}]": v for e, v in (lr_schedule or {}).items()}}
+        bad_lrs = {k: v for k, v in lrs.items() if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0)}
+        if bad_lrs or any(not isinstance(e, int) or e < 0 for e in (lr_schedule or {})):
+            raise ValueError(f"Learning rates must be finite and >= 0 and lr_schedule keys epochs >= 0; got "
+                             f"{bad_lrs or dict(lr_schedule or {})} (a negative lr would train by gradient ascent).")
+        if checkpoint is not None and Path(checkpoint).is_dir():
+            raise ValueError(f"checkpoint {checkpoint} is a directory; give a file path such as "
+                             f"{Path(checkpoint) / 'train.pt'}.")
         self.optimizer_state = optimizer_state
         self.device = torch.device(device) if device is not None else default_device()
         seed_everything(seed)
@@ -179,10 +187,24 @@ class Trainer:
         self.history = History(list(state["history"]))
 
     def resume(self) -> bool:
-        """Load the checkpoint file if it exists; True when training continues from it."""
+        """Load the checkpoint file if it exists; True when training continues from it.
+
+        Raises ValueError naming the file when it is unreadable or belongs to another model or optimizer.
+        """
         if self.checkpoint is None or not self.checkpoint.is_file():
             return False
-        self.load_state(torch.load(self.checkpoint, map_location=self.device, weights_only=False))
+        fix = "delete it to start afresh, or point `checkpoint` at this run's own file"
+        try:
+            state = torch.load(self.checkpoint, map_location=self.device, weights_only=False)
+        except (RuntimeError, EOFError, OSError, ValueError) as exc:
+            raise ValueError(f"Cannot resume from {self.checkpoint}: it is not a readable checkpoint "
+                             f"({type(exc).__name__}: {exc}); {fix}.") from exc
+        try:
+            self.load_state(state)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            detail = exc.args[0] if exc.args else type(exc).__name__
+            raise ValueError(f"Cannot resume from {self.checkpoint}: it was written for another model, objective "
+                             f"or optimizer ({detail}); {fix}.") from exc
         return True
 
     # -- the loop ------------------------------------------------------------------------
@@ -190,6 +212,13 @@ class Trainer:
         """Train until `epochs` epochs are done in total (a resumed trainer continues)."""
         if epochs < 0:
             raise ValueError(f"epochs must be >= 0, got {epochs}.")
+        if len(train) == 0:
+            raise ValueError(f"The training data gives no batch ({train.examples_per_epoch} examples, batch size "
+                             f"{train.batch_size}{', drop_last' if train.drop_last else ''}); nothing would be "
+                             "trained. Use a non-empty split or a smaller batch.")
+        self._check_labels(train)
+        if epochs == 0 and self.epoch == 0:
+            warnings.warn("fit(epochs=0): nothing to train; the model is unchanged.", stacklevel=2)
         keep_freed_memory()
         self._good_state = copy.deepcopy(self.state())
         for cb in self.callbacks:
@@ -213,6 +242,17 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_train_end(self)
         return self.history
+
+    def _check_labels(self, train: Loader) -> None:
+        """Labels must be class indices of the model's output (when the model says how many classes it has)."""
+        classes = getattr(self.model, "num_classes", None)
+        y = getattr(getattr(train, "data", None), "y", None)
+        if not isinstance(classes, int) or not isinstance(y, torch.Tensor) or y.numel() == 0:
+            return
+        low, high = int(y.min()), int(y.max())
+        if low < 0 or high >= classes:
+            raise ValueError(f"Training labels range over {low}..{high} but the model has {classes} classes "
+                             f"(labels 0..{classes - 1}); relabel the data or build the model with more classes.")
 
     def _stop(self, reason: str) -> None:
         """Go back to the last finished epoch and record why training stopped."""
@@ -245,6 +285,9 @@ class Trainer:
         for x, y in train:
             x, y = x.to(self.device), y.to(self.device)
             terms = self.objective(self.model, x, y, self.epoch)
+            if not isinstance(terms, dict):
+                raise TypeError(f"The objective returned {type(terms).__name__}, not a dict of named loss terms; "
+                                "return e.g. {'ce': loss}.")
             loss = sum(terms.values())
             value = float(loss.detach())
             if not math.isfinite(value):

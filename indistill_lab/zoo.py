@@ -44,7 +44,8 @@ def read_manifest(zoo_dir: Path = ZOO_DIR) -> dict[str, Any]:
     path = Path(zoo_dir) / "manifest.json"
     if not path.is_file():
         return {"models": {}}
-    fix = "Restore it with git (`git checkout -- data/zoo/manifest.json`) or rebuild with `python -m indistill_lab zoo build`."
+    fix = ("Restore it with git (`git checkout -- data/zoo/manifest.json`) or rebuild with "
+           "`python -m indistill_lab zoo build`.")
     try:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
