@@ -27,6 +27,7 @@ CHROMIUM = Path(os.environ.get("INDISTILL_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 RUN_TIMEOUT = float(os.environ.get("INDISTILL_BROWSER_TIMEOUT", "420"))
+WIDGET_OUTPUT = ".jp-OutputArea-output:not(.jp-RenderedPlotly):has(.jupyter-widgets, .js-plotly-plot)"
 RAW_REPRS = ("VBox(", "FigureWidget(", "<bound method", "Error displaying widget")
 LAB_SETTINGS = {  # every cell kept in the page (no virtual scrolling), no news or update checks
     "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
@@ -48,10 +49,16 @@ STATUS_JS = """() => {
 }"""
 
 # What the page shows: raw reprs or widget errors in outputs, plotly figures without data, 'trace N' legends,
-# widget outputs still loading.
+# widget outputs still loading or missing.
 RENDER_JS = """(raw) => {
-  const panel = window.jupyterapp.shell.currentWidget.content.node;
+  const notebook = window.jupyterapp.shell.currentWidget.content;
+  const panel = notebook.node;
   const problems = [];
+  let views = 0;
+  notebook.widgets.filter(c => c.model.type === 'code').forEach(c => c.model.outputs.toJSON().forEach(o => {
+    if (o.data && o.data['application/vnd.jupyter.widget-view+json']) views += 1; }));
+  const widgets = panel.querySelectorAll('WIDGET_OUTPUT_SELECTOR').length;
+  if (widgets < views) problems.push(`${views - widgets} of ${views} widget outputs not drawn`);
   panel.querySelectorAll('.jp-OutputArea-output').forEach(out => {
     raw.forEach(r => { if (out.innerText.includes(r)) problems.push(`output shows ${JSON.stringify(r)}`); });
     if (out.innerText.trim() === 'Loading widget...') problems.push('a widget never loaded');
@@ -65,14 +72,12 @@ RENDER_JS = """(raw) => {
     gd.querySelectorAll('.legendtext').forEach(l => {
       if (/^trace \\d+$/.test(l.textContent)) problems.push(`figure ${i + 1} legend reads "${l.textContent}"`); });
   });
-  return {problems, plots: plots.length,
-          widgets: panel.querySelectorAll('[data-mime-type="application/vnd.jupyter.widget-view+json"]').length};
-}"""
+  return {problems, plots: plots.length, widgets};
+}""".replace("WIDGET_OUTPUT_SELECTOR", WIDGET_OUTPUT)
 
 # A fingerprint of the data of the figures inside each widget output that has a control beside a figure.
 FINGERPRINT_JS = """() => {
-  const outs = [...window.jupyterapp.shell.currentWidget.content.node.querySelectorAll(
-      '[data-mime-type="application/vnd.jupyter.widget-view+json"]')];
+  const outs = [...window.jupyterapp.shell.currentWidget.content.node.querySelectorAll('WIDGET_OUTPUT_SELECTOR')];
   return outs.map(out => {
     const plots = [...out.querySelectorAll('.js-plotly-plot')];
     const controls = out.querySelectorAll('.widget-dropdown select, .widget-toggle-button, .noUi-handle').length;
@@ -81,7 +86,7 @@ FINGERPRINT_JS = """() => {
       const v = t[k]; return v && v.length !== undefined && typeof v !== 'string' ? Array.from(v).slice(0, 400) : v;
     }))));
   });
-}"""
+}""".replace("WIDGET_OUTPUT_SELECTOR", WIDGET_OUTPUT)
 
 
 def _free_port() -> int:
@@ -160,7 +165,7 @@ def _run_all(page: Any, name: str) -> dict[str, Any]:
 def _move_a_control(page: Any, shots: Path) -> str:
     """Change the first control that changes its figure's data; returns what was moved."""
     before = page.evaluate(FINGERPRINT_JS)
-    outputs = page.locator('[data-mime-type="application/vnd.jupyter.widget-view+json"]')
+    outputs = page.locator(WIDGET_OUTPUT)
     for index, fingerprint in enumerate(before):
         if fingerprint is None:
             continue
