@@ -1,4 +1,4 @@
-"""Lightweight self-distillation: the network teaches itself (METHODS.md section 3, docs/self_distillation.md).
+"""Lightweight self-distillation: the network teaches itself (docs/methods.md section 3, docs/self_distillation.md).
 
 Two terms, no external teacher:
 

@@ -1,4 +1,4 @@
-"""Lightweight self-distillation, DRG and DSR (docs/self_distillation.md; METHODS.md section 3).
+"""Lightweight self-distillation, DRG and DSR (docs/self_distillation.md; docs/methods.md section 3).
 
 No teacher: the student's own shallow head (DRG) and its own previous mini-batch (DSR) are the
 sources. These methods own their loop (the objective keeps state across batches and trains a head),
