@@ -180,10 +180,20 @@ class MinibatchCKA:
             raise ValueError(f"Unbiased HSIC needs at least 4 examples per batch, got {x.shape[0]}.")
         x = x.detach().flatten(1).double()
         y = y.detach().flatten(1).double()
+        for side, z in (("first", x), ("second", y)):
+            if not torch.isfinite(z).all():
+                raise ValueError(f"CKA: the {side} representation contains NaN or infinite values (a diverged "
+                                 "model?); CKA needs finite features.")
+        # A batch whose rows are all equal carries no similarity structure: HSIC is exactly 0 (rounding
+        # would leave ~1e-9 and a meaningless CKA).
+        x_varies, y_varies = bool((x != x[0]).any()), bool((y != y[0]).any())
         k, l = x @ x.T, y @ y.T
-        self.kl += float(_unbiased_hsic(k, l))
-        self.kk += float(_unbiased_hsic(k, k))
-        self.ll += float(_unbiased_hsic(l, l))
+        if x_varies and y_varies:
+            self.kl += float(_unbiased_hsic(k, l))
+        if x_varies:
+            self.kk += float(_unbiased_hsic(k, k))
+        if y_varies:
+            self.ll += float(_unbiased_hsic(l, l))
 
     def value(self) -> float:
         if self.kk <= 0 or self.ll <= 0:

@@ -145,6 +145,11 @@ class Curriculum:
         if self.final is not None:
             terms.append((f"final term ({self.final.teacher} -> {self.final.student}, {self.final.loss})", self.final))
         for name, t in terms:
+            if not isinstance(t.weight, (int, float)) or isinstance(t.weight, bool) or t.weight != t.weight:
+                out.append(f"{name}: weight {t.weight!r} is not a number; use a number >= 0.")
+                continue
+            if not isinstance(t.params, Mapping):
+                out.append(f"{name}: params {t.params!r} must be an object of loss parameters.")
             if t.loss not in LOSSES:
                 out.append(f"{name}: unknown loss {t.loss!r}; use one of {', '.join(LOSSES)}.")
             if t.weight < 0:
@@ -268,14 +273,28 @@ class Curriculum:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Curriculum":
+        """Rebuild a curriculum from `to_dict`'s output; CurriculumError says what is malformed."""
+        if not isinstance(data, Mapping):
+            raise CurriculumError(f"A curriculum must be an object with 'phases' and 'total_epochs', not a "
+                                  f"{type(data).__name__}.")
         known = {"phases", "final", "total_epochs", "critical_end", "enforce_critical", "final_start"}
         unknown = set(data) - known
         if unknown or "phases" not in data or "total_epochs" not in data:
             raise CurriculumError(f"Not a curriculum: unknown keys {sorted(unknown)}, needs 'phases' and "
                                   f"'total_epochs' (keys allowed: {sorted(known)}).")
         kwargs = {k: data[k] for k in known - {"phases", "final"} if k in data}
-        final = Term(**data["final"]) if data.get("final") is not None else None
-        return cls(tuple(Phase(**p) for p in data["phases"]), final, **kwargs)
+        phases = data["phases"]
+        if not isinstance(phases, (list, tuple)) or not all(isinstance(p, Mapping) for p in phases):
+            raise CurriculumError(f"'phases' must be a list of objects (teacher, student, loss, weight, start, "
+                                  f"epochs), not {phases!r}.")
+        final = data.get("final")
+        if final is not None and not isinstance(final, Mapping):
+            raise CurriculumError(f"'final' must be an object (teacher, student, loss, weight) or null, not {final!r}.")
+        try:
+            return cls(tuple(Phase(**p) for p in phases), Term(**final) if final is not None else None, **kwargs)
+        except TypeError as exc:
+            raise CurriculumError(f"A phase or the final term has wrong or missing fields ({exc}); phases take "
+                                  "teacher, student, loss, weight, params, start, epochs.") from exc
 
     def to_json(self, path: Path | str | None = None) -> str:
         """The curriculum as JSON text; also written to `path` when given."""
@@ -288,9 +307,13 @@ class Curriculum:
     def from_json(cls, text_or_path: str | Path) -> "Curriculum":
         """Read a curriculum from JSON text or from a file path."""
         text = str(text_or_path)
-        if not text.lstrip().startswith("{"):
+        if not text.lstrip().startswith(("{", "[", "\"")):
             text = Path(text_or_path).read_text()
-        return cls.from_dict(json.loads(text))
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CurriculumError(f"The curriculum is not valid JSON: {exc}.") from exc
+        return cls.from_dict(data)
 
 
 def allocate_epochs(difficulty: Sequence[float], budget: int, min_epochs: int = 1) -> list[int]:

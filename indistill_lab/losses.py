@@ -110,7 +110,9 @@ class PKTLoss(DistillLoss):
     into conditional probabilities; the loss is the sum over both kernels of the mean over
     (i, j) of the symmetric divergence (p - q)(log p - log q). It compares similarity
     structure, so teacher and student widths may differ; it is zero when the features are
-    identical and unchanged by any permutation of the feature dimensions.
+    identical and unchanged by any permutation of the feature dimensions. Non-finite teacher
+    features raise ValueError; non-finite student features give a non-finite loss, which the
+    Trainer turns into a clean stop.
     """
 
     name = "pkt"
@@ -127,6 +129,9 @@ class PKTLoss(DistillLoss):
         if student.shape[0] < 2:
             raise ValueError(f"{self.name}: needs a batch of at least 2 samples to compare, got {student.shape[0]}.")
         s, t = student.flatten(1), teacher.detach().flatten(1)
+        if not torch.isfinite(t).all():
+            raise ValueError(f"{self.name}: the teacher features contain NaN or infinite values; check the teacher "
+                             "(a diverged or corrupt checkpoint?).")
         floor = self.eps * self.eps  # keeps sqrt differentiable for duplicate samples (distance 0)
         total = student.new_zeros(())
         for kernel in (lambda z: _cosine_kernel(z, self.eps), lambda z: _student_t_kernel(z, floor)):
