@@ -139,17 +139,18 @@ class LivePlot(Callback):
             self._pending.setdefault(key, []).append(value)
         if trainer.step % self.every:
             return
+        traces = {key: self._trace(key) for key in self._pending}  # added before, not inside, a batched update
         with self.figure.batch_update():
             for key, values in self._pending.items():
-                trace = self._trace(key)
+                trace = traces[key]
                 trace.x = (*trace.x, trainer.step)
                 trace.y = (*trace.y, sum(values) / len(values))
         self._pending.clear()
 
     def on_epoch_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
         if "val_acc" in logs:
+            trace = self._trace("val_acc")  # its panel's axes exist in the browser before the trace is drawn
             with self.figure.batch_update():
-                trace = self._trace("val_acc")
                 trace.x = (*trace.x, logs["epoch"])
                 trace.y = (*trace.y, logs["val_acc"])
 
