@@ -178,7 +178,8 @@ def verify_raw(root: Path) -> None:
     for split in FASHION_COUNTS:
         images, labels = counts[f"{split}-images-idx3-ubyte"], counts[f"{split}-labels-idx1-ubyte"]
         if images != labels:
-            raise DatasetCorrupt(f"{raw}: {split} has {images} images but {labels} labels. {fix}")
+            raise DatasetCorrupt(f"{raw}: {split} has {images} images but {labels} labels. "
+                                 f"{fix.replace('Delete it', f'Delete both {split} files')}")
     _VERIFIED.add(key)
 
 
@@ -323,7 +324,8 @@ class Loader:
     """Mini-batches from an in-memory split: seeded shuffling, optional batch transform.
 
     Much faster than a per-item DataLoader for small images, and deterministic: epoch `e` of a
-    loader built with seed `s` always yields the same batches.
+    loader built with seed `s` always yields the same batches. Under torchrun (`set_rank`) every rank
+    draws the same batches and yields its share of each: `batch_size` is the global batch.
     """
 
     def __init__(
@@ -340,6 +342,7 @@ class Loader:
         self.data, self.batch_size, self.shuffle = data, batch_size, shuffle
         self.seed, self.transform, self.drop_last = seed, transform, drop_last
         self.epoch = 0
+        self.rank, self.world_size = 0, 1
         self.indices: torch.Tensor | None = None  # example indices of the batch last yielded
 
     @property
@@ -347,8 +350,15 @@ class Loader:
         return len(self.data)
 
     def __len__(self) -> int:
-        n = self.examples_per_epoch
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        """Batches per epoch; split over ranks, a last batch with fewer examples than ranks is dropped."""
+        full, rest = divmod(self.examples_per_epoch, self.batch_size)
+        return full + int(not self.drop_last and rest >= max(1, self.world_size))
+
+    def set_rank(self, rank: int, world_size: int) -> None:
+        """Yield rank `rank`'s share (every `world_size`-th example) of each batch, same batches on every rank."""
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in 0..{world_size - 1}, got {rank}.")
+        self.rank, self.world_size = rank, world_size
 
     def set_epoch(self, epoch: int) -> None:
         """Choose which epoch's shuffle the next iteration yields (used when resuming)."""
@@ -360,7 +370,7 @@ class Loader:
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
         order = order[: self.examples_per_epoch]
         for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size][self.rank::self.world_size]
             x = self.data.x[idx]
             if self.transform is not None:
                 x = self.transform(x, g)
