@@ -31,11 +31,8 @@ import torch
 from torch import nn
 
 from .losses import LOSSES, DistillLoss, make_loss
-from .modes import eval_mode
-from .taps import Taps, get_module
+from .taps import OUTPUT, features, get_module
 
-OUTPUT = "output"
-"""Layer name meaning "the model's output" (logits), e.g. for the KD loss."""
 
 Pair = tuple[str, str]
 TeacherFeatures = Callable[[torch.Tensor, Sequence[str]], Mapping[str, torch.Tensor]]
@@ -356,17 +353,6 @@ def stage_pairs(teacher: nn.Module, student: nn.Module) -> list[Pair]:
 def embedding_term(teacher: nn.Module, student: nn.Module, loss: str = "pkt", weight: float = 1.0) -> Term:
     """The usual final term: `loss` (PKT by default) between the two models' embeddings."""
     return Term(teacher.embedding_path, student.embedding_path, loss, weight)
-
-
-def features(model: nn.Module, x: torch.Tensor, paths: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Detached features at `paths` (OUTPUT = the model's output), in eval mode (the mode is restored)."""
-    taps = Taps(model, [p for p in paths if p != OUTPUT], detach=True)
-    with eval_mode(model), torch.no_grad(), taps:
-        out = model(x)
-    feats = dict(taps.outputs)
-    if OUTPUT in paths:
-        feats[OUTPUT] = out
-    return feats
 
 
 @torch.no_grad()

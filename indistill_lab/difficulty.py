@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from .alignment import linear_cka
-from .curriculum import Curriculum, Pair, Phase, features
+from .curriculum import Curriculum, Pair, Phase
+from .taps import features
 from .objective import CurriculumObjective
 from .data import Loader, Split
 from .losses import FeatureMSE

@@ -34,7 +34,10 @@ def to_channels_last(x: torch.Tensor) -> torch.Tensor:
     """
     if x.dim() != 4 or x.stride(1) == 1:
         return x
-    return torch.empty_like(x, memory_format=torch.channels_last).copy_(x)
+    try:
+        return torch.empty_like(x, memory_format=torch.channels_last).copy_(x)
+    except RuntimeError:  # under torch.func transforms (vmap: the per-example Fisher) the layout cannot be set
+        return x
 
 
 class ConvNet(nn.Module):

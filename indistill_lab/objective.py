@@ -8,7 +8,8 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from .curriculum import OUTPUT, Curriculum, TeacherFeatures, Term, features, term_spec
+from .curriculum import Curriculum, TeacherFeatures, Term, term_spec
+from .taps import OUTPUT, features
 from .losses import DistillLoss
 from .models import model_input_shape
 from .taps import Taps

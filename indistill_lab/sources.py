@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .alignment import linear_cka
-from .curriculum import features
+from .taps import features
 from .taps import Taps
 
 

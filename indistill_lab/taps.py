@@ -16,10 +16,16 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
+from .modes import eval_mode
+
 
 def module_paths(model: nn.Module) -> list[str]:
     """All addressable module paths of a model (the names `Taps` accepts)."""
     return [name for name, _ in model.named_modules() if name]
+
+
+OUTPUT = "output"
+"""Layer name meaning "the model's output" (logits), e.g. for the KD loss."""
 
 
 def unknown_path(path: str, model: nn.Module, valid: Sequence[str], listing: str = "Valid paths") -> str:
@@ -84,3 +90,15 @@ def tap(model: nn.Module, x: torch.Tensor, paths: Iterable[str]) -> dict[str, to
     with torch.no_grad(), Taps(model, paths, detach=True) as taps:
         model(x)
     return dict(taps.outputs)
+
+
+def features(model: nn.Module, x: torch.Tensor, paths: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Detached features at `paths` (OUTPUT = the model's output), in eval mode (the mode is restored).
+    Unlike `tap`, which reads the model as it is (train or eval), this is how targets are read."""
+    taps = Taps(model, [p for p in paths if p != OUTPUT], detach=True)
+    with eval_mode(model), torch.no_grad(), taps:
+        out = model(x)
+    feats = dict(taps.outputs)
+    if OUTPUT in paths:
+        feats[OUTPUT] = out
+    return feats

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from indistill_lab.curriculum import features
+from indistill_lab.taps import features
 from indistill_lab.data import Loader, crop_flip
 from indistill_lab.feature_cache import FeatureCache, IndexedLoader
 from indistill_lab.experiments.reproduce import markdown_summary, mean_std, read_results, reproduce

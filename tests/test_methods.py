@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from indistill_lab import pipeline, zoo
-from indistill_lab.curriculum import Curriculum, Term, features
+from indistill_lab.curriculum import Curriculum, Term
+from indistill_lab.taps import features
 from indistill_lab.objective import CurriculumObjective
 from indistill_lab.data import Loader
 from indistill_lab.methods import Context, Method, get_method, method_names, register

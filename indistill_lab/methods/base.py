@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..config import seed_everything
-from ..curriculum import OUTPUT, Curriculum
+from ..curriculum import Curriculum
 from ..objective import CurriculumObjective
 from ..data import Split
 from ..feature_cache import FeatureCache, IndexedLoader
