@@ -2,9 +2,10 @@
 import pytest
 import torch
 
-from indistill_lab.curriculum import (OUTPUT, Curriculum, CurriculumError, Phase, Term, allocate_epochs,
+from indistill_lab.curriculum import (Curriculum, CurriculumError, Phase, Term, allocate_epochs,
                                       embedding_term, layer_difficulty, stage_pairs)
 from indistill_lab.objective import CurriculumObjective
+from indistill_lab.taps import OUTPUT
 from indistill_lab.data import DATASETS, Loader, Split
 from indistill_lab.models import build_model
 from indistill_lab.train import Callback, Trainer
