@@ -21,6 +21,8 @@ changes ("phase": the epochs listed by its `phase_starts()`), or cleared at ever
 phase of large-gradient MSE leaves a second moment that stalls the next, small-gradient phase.
 A non-finite loss or Ctrl-C stops training cleanly: the model is put back to the last
 finished epoch and the checkpoint on disk is never half-written.
+Under torchrun (`indistill_lab.distributed`) the same loop trains one model on several processes:
+each takes its share of every batch, gradients are averaged, rank 0 writes the checkpoint.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from . import distributed
 from .config import default_device, seed_everything
 from .data import Loader
 from .metrics import accuracy, keep_freed_memory
@@ -164,6 +167,9 @@ class Trainer:
         self.callbacks, self.progress = list(callbacks), progress
         self.epoch, self.step, self.history = 0, 0, History()
         self._good_state: dict[str, Any] | None = None
+        self.rank, self.world_size = distributed.world()
+        # under torchrun: the model and the objective as one DistributedDataParallel module
+        self._parallel = distributed.data_parallel(model, objective, self.device) if self.world_size > 1 else None
 
     # -- state ---------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -220,6 +226,8 @@ class Trainer:
         if epochs == 0 and self.epoch == 0:
             warnings.warn("fit(epochs=0): nothing to train; the model is unchanged.", stacklevel=2)
         keep_freed_memory()
+        if self.world_size > 1:
+            train.set_rank(self.rank, self.world_size)  # this rank's share of each batch
         self._good_state = copy.deepcopy(self.state())
         for cb in self.callbacks:
             cb.on_train_start(self)
@@ -233,7 +241,7 @@ class Trainer:
                 self.history.epochs.append(logs)
                 self.epoch += 1
                 self._good_state = copy.deepcopy(self.state())
-                if self.checkpoint is not None:
+                if self.checkpoint is not None and self.rank == 0:
                     save_checkpoint(self.checkpoint, self._good_state)
                 for cb in self.callbacks:
                     cb.on_epoch_end(self, logs)
@@ -253,6 +261,17 @@ class Trainer:
         if low < 0 or high >= classes:
             raise ValueError(f"Training labels range over {low}..{high} but the model has {classes} classes "
                              f"(labels 0..{classes - 1}); relabel the data or build the model with more classes.")
+
+    def _batch_logs(self, terms: dict[str, torch.Tensor], loss: torch.Tensor,
+                    n: int) -> tuple[dict[str, float], float, int]:
+        """The batch's loss terms and total as floats, the weight of this rank's loss and the batch size.
+        Under torchrun the batch is the global one (one all-reduce, so every rank sees the same loss) and a
+        rank's loss is weighted by its share x ranks, so the averaged gradient is the global batch's."""
+        logs = {k: float(v.detach()) for k, v in terms.items()} | {"loss": float(loss.detach())}
+        if self.world_size == 1:
+            return logs, 1.0, n
+        logs, total = distributed.global_batch(logs, n, self.device)
+        return logs, n * self.world_size / total, total
 
     def _stop(self, reason: str) -> None:
         """Go back to the last finished epoch and record why training stopped."""
@@ -281,28 +300,29 @@ class Trainer:
         sums: dict[str, float] = {}
         seen, start = 0, time.perf_counter()
         bar = (tqdm(total=len(train), desc=f"epoch {self.epoch + 1}/{epochs}", leave=False)
-               if self.progress and tqdm is not None else None)
+               if self.progress and tqdm is not None and self.rank == 0 else None)
         for x, y in train:
             x, y = x.to(self.device), y.to(self.device)
-            terms = self.objective(self.model, x, y, self.epoch)
+            terms = (self._parallel(x, y, self.epoch) if self._parallel is not None
+                     else self.objective(self.model, x, y, self.epoch))
             if not isinstance(terms, dict):
                 raise TypeError(f"The objective returned {type(terms).__name__}, not a dict of named loss terms; "
                                 "return e.g. {'ce': loss}.")
             loss = sum(terms.values())
-            value = float(loss.detach())
+            batch_logs, share, n = self._batch_logs(terms, loss, len(y))
+            value = batch_logs["loss"]
             if not math.isfinite(value):
                 if bar is not None:
                     bar.close()
                 self._stop(f"non-finite loss ({value}) at epoch {self.epoch + 1}, step {self.step}")
                 return None
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * share if share != 1 else loss).backward()
             self.optimizer.step()
             self.step += 1
-            batch_logs = {k: float(v.detach()) for k, v in terms.items()} | {"loss": value}
             for k, v in batch_logs.items():
-                sums[k] = sums.get(k, 0.0) + v * len(y)
-            seen += len(y)
+                sums[k] = sums.get(k, 0.0) + v * n
+            seen += n
             for cb in self.callbacks:
                 cb.on_batch_end(self, batch_logs)
             if bar is not None:
