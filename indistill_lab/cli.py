@@ -43,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"subset of methods (default all: {', '.join(method_names())})")
     rp.add_argument("--workers", type=int, default=1,
                     help="worker processes of one thread each (rows are the same as a sequential run)")
+    rp.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
+                    help="one Ray task per (method, seed), 1 CPU or 1 GPU each (needs the 'cluster' extra): on the "
+                         "cluster of `ray start` or $RAY_ADDRESS (default), at ADDRESS (e.g. ray://head:10001), or "
+                         "'local' for an instance started here for this command")
     rp.add_argument("--no-cache", action="store_true", help="recompute teacher targets every batch")
     args = parser.parse_args(argv)
     try:
@@ -84,7 +88,7 @@ def _run(args: argparse.Namespace) -> int:
         else:
             cfg = RunConfig(dataset=args.dataset, **changes)
         rows = reproduce(cfg, range(args.seeds), args.methods, workers=args.workers,
-                         log=lambda m: print(m, flush=True))
+                         ray_address=args.ray, log=lambda m: print(m, flush=True))
         print(markdown_summary(rows))
     return 0
 

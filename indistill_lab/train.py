@@ -116,10 +116,11 @@ def lr_for_epoch(schedule: dict[int, float], base_lr: float, epoch: int) -> floa
 
 
 def save_checkpoint(path: Path | str, payload: dict[str, Any]) -> None:
-    """Write atomically: to a temporary file, then rename, so a crash never leaves a broken file."""
+    """Write atomically: to a temporary file of this process, then rename, so a crash never leaves a broken
+    file and processes saving the same file at once (Ray workers preparing one configuration) never mix."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)
 

@@ -2,8 +2,9 @@
 
     rows = reproduce(RunConfig(), seeds=range(3), workers=2)   # resumable: rows already there are skipped
 
-Runs go in-process (`workers=1`) or to worker processes of one thread each (`workers=N`); each run
-seeds itself, so the rows are the same either way. Files are named after the dataset for the default
+Runs go in-process (`workers=1`), to worker processes of one thread each (`workers=N`) or to a Ray
+cluster (`ray_address="auto"`, one task per run); each run seeds itself, so the rows are the same
+whichever way (on CPUs). Files are named after the dataset for the default
 configuration and `<dataset>-<digest>` for any other, so a variant never replaces the committed table.
 """
 from __future__ import annotations
@@ -17,13 +18,13 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from .. import zoo
-from ..config import REPO_ROOT, quick_mode
+from ..config import QUICK_ENV, REPO_ROOT, quick_mode
 from ..evaluation import evaluate_student
 from ..feature_cache import FeatureCache
 from ..methods import Context, check_names, describe, get_method, method_names
@@ -231,6 +232,60 @@ def _pool(cfg: RunConfig, methods: Sequence[str], workers: int, log: Callable[[s
                                initargs=(None, methods))
 
 
+_RAY_SESSION: _Session | None = None
+"""The session of a Ray worker process: kept across its tasks while they share a configuration."""
+
+
+def _ray_task(cfg: RunConfig, methods: Sequence[str], method: str, seed: int,
+              quick: bool) -> tuple[dict[str, Any], nn.Module]:
+    """One (method, seed) in a Ray worker: the driver's quick mode, one thread, the shared stages built
+    on this process's first task of the configuration and reused by its next ones."""
+    global _RAY_SESSION
+    os.environ[QUICK_ENV] = "1" if quick else ""
+    torch.set_num_threads(1)
+    if _RAY_SESSION is None or (_RAY_SESSION.cfg, _RAY_SESSION.methods) != (cfg, list(methods)):
+        _RAY_SESSION = _Session(cfg, methods, log=lambda m: print(f"[ray worker {os.getpid()}] {m}", flush=True))
+    row, student = _RAY_SESSION.run(method, seed)
+    return row, student.cpu()
+
+
+def ray_runs(cfg: RunConfig, methods: Sequence[str], todo: Sequence[tuple[str, int]], address: str,
+             log: Callable[[str], None] = print) -> Iterator[tuple[dict[str, Any], nn.Module]]:
+    """Each (method, seed) of `todo` as a Ray task needing 1 CPU, or 1 GPU where the cluster has GPUs;
+    yields (row, student) as tasks finish. Uses the Ray of this process if it is initialised, else
+    connects with `ray.init(address)` ('auto': the cluster of `ray start` or $RAY_ADDRESS; 'ray://head:10001';
+    'local': a new instance on this machine) and shuts it down afterwards. Leaving early cancels the rest."""
+    try:
+        import ray  # the optional 'cluster' extra, imported only here
+    except ImportError as exc:
+        raise RuntimeError("Ray is not installed: pip install -e '.[cluster]' (on every node of the cluster).") from exc
+    started = not ray.is_initialized()
+    if started:
+        try:
+            ray.init(address=address)
+        except ConnectionError as exc:
+            raise RuntimeError(f"no Ray cluster at {address!r} ({exc}). Start one with `ray start --head`, pass its "
+                               "address, or use --ray local for an instance on this machine.") from exc
+    try:
+        resources = ray.cluster_resources()
+        gpus = 1 if resources.get("GPU", 0) >= 1 else 0
+        task = ray.remote(_ray_task).options(num_cpus=1, num_gpus=gpus)
+        log(f"ray: {len(todo)} task(s) of 1 {'GPU' if gpus else 'CPU'} each on a cluster of "
+            f"{resources.get('CPU', 0):.0f} CPUs, {resources.get('GPU', 0):.0f} GPUs")
+        pending = {task.remote(cfg, list(methods), m, s, quick_mode()): (m, s) for m, s in todo}
+        try:
+            while pending:
+                [ref], _ = ray.wait(list(pending), num_returns=1)
+                del pending[ref]
+                yield ray.get(ref)
+        finally:
+            for ref in pending:
+                ray.cancel(ref)
+    finally:
+        if started:
+            ray.shutdown()
+
+
 def step_seconds(cfg: RunConfig, steps: int = 8) -> float:
     """Median seconds of one student training step (cross-entropy, batch `cfg.batch_size`) on one thread,
     measured now: the unit of the projection printed before a table starts."""
@@ -272,9 +327,13 @@ def results_name(cfg: RunConfig) -> str:
 
 def reproduce(cfg: RunConfig, seeds: Sequence[int] = (0, 1, 2), methods: Sequence[str] | None = None,
               results_dir: Path | str = REPO_ROOT / "results", name: str | None = None, workers: int = 1,
-              save_students: bool = True, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+              save_students: bool = True, log: Callable[[str], None] = print,
+              ray_address: str | None = None) -> list[dict[str, Any]]:
     """Every method for every seed (seed-major, so a partial run still compares all methods), one CSV row
     per finished run; rows already present for this config are skipped. Then the table and the plot.
+
+    With `ray_address` each run is a Ray task (see `ray_runs`; needs the 'cluster' extra) and the rows
+    are written here as tasks finish, in the same resumable CSV.
 
     With `save_students`, seed 0's InDistill (paper curriculum) student of the default configuration
     is recorded in the zoo as 'student-indistill' (notebook 07's retrieval comparison).
@@ -286,13 +345,17 @@ def reproduce(cfg: RunConfig, seeds: Sequence[int] = (0, 1, 2), methods: Sequenc
                          "runs seeds 0, 1, 2.")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}.")
+    if workers > 1 and ray_address is not None:
+        raise ValueError("choose worker processes (workers > 1) or Ray (ray_address), not both: Ray already "
+                         "runs one task per CPU of its cluster.")
     results_dir = Path(results_dir)
     name = name or results_name(cfg)
     csv_path = results_dir / f"{name}.csv"
     done = {(r["method"], r["seed"]) for r in read_results(csv_path) if r["config"] == cfg.digest()}
     todo = [(m, s) for s in seeds for m in methods if (m, s) not in done]
     log(f"config {cfg.digest()}: {len(done)} runs already in {csv_path}, {len(todo)} to do"
-        + (f" on {workers} worker processes" if workers > 1 and todo else ""))
+        + (f" on {workers} worker processes" if workers > 1 and todo else "")
+        + (f" as Ray tasks ({ray_address})" if ray_address is not None and todo else ""))
     keep_student = save_students and name == cfg.dataset and cfg.use_zoo
     if todo:
         log(projection(cfg, len(todo), workers, cfg.train_size or load_split(cfg.dataset, "train").x.shape[0]))
@@ -305,7 +368,10 @@ def reproduce(cfg: RunConfig, seeds: Sequence[int] = (0, 1, 2), methods: Sequenc
         if keep_student and row["seed"] == 0 and row["method"] == "indistill-paper":
             _save_student(student, cfg, row)
 
-    if workers == 1:
+    if ray_address is not None and todo:
+        for i, (row, student) in enumerate(ray_runs(cfg, methods, todo, ray_address, log), 1):
+            finished(row, student, i)
+    elif workers == 1:
         session = _Session(cfg, methods, log)
         for i, (method, seed) in enumerate(todo, 1):
             finished(*session.run(method, seed), i)
