@@ -372,7 +372,7 @@ def reproduce(cfg: RunConfig, seeds: Sequence[int] = (0, 1, 2), methods: Sequenc
         + (f" on {workers} worker processes" if workers > 1 and todo else "")
         + (f" as Ray tasks ({ray_address})" if ray_address is not None and todo else ""))
     keep_student = save_students and name == cfg.dataset and cfg.use_zoo
-    if todo:
+    if todo and ray_address is None:  # measured on this machine's CPU: says nothing of a cluster's
         log(projection(cfg, len(todo), workers, cfg.train_size or load_split(cfg.dataset, "train").x.shape[0]))
 
     def finished(row: dict[str, Any], student: nn.Module, count: int) -> None:
