@@ -29,6 +29,7 @@ from ..data import Split
 from ..feature_cache import FeatureCache, IndexedLoader
 from ..pipeline import RunConfig, build, make_loader, targets
 from ..sources import Sources
+from ..taps import OUTPUT
 from ..train import Callback, History, Trainer, cross_entropy
 
 

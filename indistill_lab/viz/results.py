@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import ipywidgets as widgets
-import plotly.graph_objects as go
 
 from .common import Explorer, SyncedFigure
 
