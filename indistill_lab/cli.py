@@ -70,7 +70,8 @@ def _run(args: argparse.Namespace) -> int:
             zoo.evaluate_zoo(args.only, args.dataset)
         print(json.dumps(zoo.models_for(args.dataset), indent=2))
     elif args.command == "reproduce":
-        from .experiments.reproduce import markdown_summary, reproduce
+        from .experiments.reproduce import reproduce
+        from .experiments.tables import markdown_summary
         from .pipeline import RunConfig
 
         changes = {k: v for k, v in {"epochs": args.epochs, "a": args.a, "lr_drop_epoch": args.lr_drop_epoch,

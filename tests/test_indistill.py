@@ -8,7 +8,8 @@ import torch
 from indistill_lab.taps import features
 from indistill_lab.data import Loader, crop_flip
 from indistill_lab.feature_cache import FeatureCache, IndexedLoader
-from indistill_lab.experiments.reproduce import markdown_summary, mean_std, read_results, reproduce
+from indistill_lab.experiments.reproduce import reproduce
+from indistill_lab.experiments.tables import markdown_summary, mean_std, read_results
 from indistill_lab.methods import Context, get_method
 from indistill_lab.pipeline import RunConfig, build, prepare, prune_auxiliary
 from indistill_lab.sources import KeptChannels, Sources

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from indistill_lab.cli import main
-from indistill_lab.experiments.reproduce import read_results, reproduce
+from indistill_lab.experiments.reproduce import reproduce
+from indistill_lab.experiments.tables import read_results
 from indistill_lab.pipeline import RunConfig
 
 from test_indistill import TINY

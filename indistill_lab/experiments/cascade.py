@@ -31,7 +31,7 @@ from ..evaluation import evaluate_student
 from ..feature_cache import IndexedLoader
 from ..methods.cascade import CascadeSchedule, StudentObjective, train_cascade
 from ..train import Trainer, cross_entropy
-from .reproduce import mean_std
+from .tables import mean_std
 
 RUN_DIR = CACHE_DIR / "cascade"
 KINDS = ("cascade", "l1-finetune", "l1-kd")

@@ -31,7 +31,7 @@ from ..methods import Context, get_method
 from ..methods.self_distillation import SelfKD
 from ..pipeline import RunConfig, build, load_data
 from ..sources import Sources
-from .reproduce import mean_std
+from .tables import mean_std
 
 COLUMNS = ["arch", "method", "optimizer", "seed", "config", "epochs", "epoch_size", "accuracy", "map_e", "map_c",
            "map_std_e", "map_std_c", "top100_e", "top100_c", "train_seconds", "eval_seconds"]

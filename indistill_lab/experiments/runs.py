@@ -1,0 +1,67 @@
+"""One run of a results table, and a process's session: the shared stages and the target cache built once
+and reused by every run of the process (in-process, in a forked worker, or in a Ray worker)."""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Callable, Sequence
+
+from torch import nn
+
+from ..evaluation import evaluate_student
+from ..feature_cache import FeatureCache
+from ..methods import Context, get_method
+from ..pipeline import Prepared, RunConfig, make_loader, prepare
+
+
+def run_method(method: str, prep: Prepared, cfg: RunConfig, seed: int, cache: FeatureCache | None = None,
+               progress: bool = False) -> tuple[dict[str, Any], nn.Module]:
+    """Train and evaluate one (method, seed); returns the result row and the student."""
+    start = time.perf_counter()
+    loader = make_loader(cfg, prep.train, seed)
+    if cache is not None:
+        cache.loader = loader  # tables are per example, so they serve every seed's batch order
+    trained = get_method(method).train(Context(cfg, prep.train, prep.sources, loader, cache), seed, progress=progress)
+    mid = time.perf_counter()
+    row = evaluate_student(trained.student, prep.train, prep.test, trained.trains_head)
+    done = time.perf_counter()
+    return {"method": method, "seed": seed, "config": cfg.digest(), "epochs": cfg.epochs,
+            "epoch_size": cfg.epoch_size or len(prep.train), "a": cfg.a, "optimizer_state": cfg.optimizer_state,
+            **row, "train_seconds": round(mid - start, 1), "eval_seconds": round(done - mid, 1),
+            "wall_seconds": round(done - start, 1), "phases": json.dumps(trained.phases)}, trained.student
+
+
+def shared_cache(prep: Prepared, cfg: RunConfig, methods: Sequence[str]) -> FeatureCache | None:
+    """Every listed method's targets computed once, up front (None when the configuration disables it)."""
+    if not cfg.cache:
+        return None
+    ctx = Context(cfg, prep.train, prep.sources)
+    layers = list(dict.fromkeys(p for m in methods for p in get_method(m).source_layers(ctx)))
+    cache = FeatureCache(prep.sources.features, make_loader(cfg, prep.train, 0))
+    cache.prefetch(layers)
+    return cache
+
+
+class Session:
+    """The shared stages and target cache of one process, built on its first run and then reused."""
+
+    def __init__(self, cfg: RunConfig, methods: Sequence[str], log: Callable[[str], None]) -> None:
+        self.cfg, self.methods, self.log = cfg, list(methods), log
+        self.prep: Prepared | None = None
+        self.cache: FeatureCache | None = None
+
+    def build(self) -> None:
+        """The shared stages and every method's targets (once)."""
+        if self.prep is not None:
+            return
+        self.prep = prepare(self.cfg, log=self.log)
+        t0 = time.perf_counter()
+        self.cache = shared_cache(self.prep, self.cfg, self.methods)
+        if self.cache is not None:
+            self.log(f"feature cache: {len(self.cache.tables)} tables, {self.cache.nbytes / 2**20:.0f} MiB, "
+                     f"{time.perf_counter() - t0:.0f} s")
+
+    def run(self, method: str, seed: int) -> tuple[dict[str, Any], nn.Module]:
+        self.build()
+        assert self.prep is not None
+        return run_method(method, self.prep, self.cfg, seed, self.cache)
