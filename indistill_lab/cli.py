@@ -8,7 +8,7 @@ import json
 import sys
 
 from . import zoo
-from .data import ensure_fashion_mnist
+from .fashion_mnist import ensure_fashion_mnist
 from .methods import method_names
 from .train import OPTIMIZER_STATE_POLICIES
 

@@ -17,7 +17,8 @@ from indistill_lab.alignment import linear_cka
 from indistill_lab.cli import main
 from indistill_lab.config import REPO_ROOT
 from indistill_lab.curriculum import Curriculum, CurriculumError
-from indistill_lab.data import FASHION_FILES, DatasetCorrupt, Loader, Split, ensure_fashion_mnist, load_split
+from indistill_lab.data import Loader, Split, load_split
+from indistill_lab.fashion_mnist import FASHION_FILES, DatasetCorrupt, ensure_fashion_mnist
 from indistill_lab.losses import PKTLoss
 from indistill_lab.metrics import retrieval_metrics
 from indistill_lab.models import build_model
@@ -95,7 +96,7 @@ def test_data_cli_does_not_say_ready_for_a_truncated_file(tmp_path, monkeypatch,
     files, _ = _damaged("train-images-idx3-ubyte", "truncated")
     _write_raw(tmp_path, files)
     monkeypatch.setenv("INDISTILL_DATA", str(tmp_path))
-    monkeypatch.setattr("indistill_lab.data.DEBIAN_FASHION_DIR", tmp_path / "nope")
+    monkeypatch.setattr("indistill_lab.fashion_mnist.DEBIAN_FASHION_DIR", tmp_path / "nope")
     assert main(["data"]) == 2
     out = capsys.readouterr()
     assert "ready" not in out.out and "truncated" in out.err and "Traceback" not in out.err

@@ -4,11 +4,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from indistill_lab import data
-from indistill_lab.data import (FASHION_FILES, DatasetUnavailable, Loader, crop_flip, dataset_info,
-                                ensure_fashion_mnist, load_split)
+from indistill_lab import data, fashion_mnist
+from indistill_lab.data import Loader, crop_flip, dataset_info, load_split
+from indistill_lab.fashion_mnist import FASHION_FILES, DatasetUnavailable, ensure_fashion_mnist
 
-DEBIAN = data.DEBIAN_FASHION_DIR
+DEBIAN = fashion_mnist.DEBIAN_FASHION_DIR
 
 
 def _fake_idx(folder: Path, n: int = 20, compress: bool = False) -> None:
