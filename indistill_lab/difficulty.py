@@ -170,3 +170,19 @@ def cached_difficulty(refresh: bool = False, **overrides: Any) -> dict[str, Any]
         return {"budgets": params["budgets"], "tables": tables}
 
     return cached("difficulty", params, compute, refresh=refresh)
+
+
+@torch.no_grad()
+def layer_difficulty(teacher: nn.Module, student: nn.Module, pairs: Sequence[Pair], x: torch.Tensor) -> list[float]:
+    """A cheap difficulty measure per pair: the untrained student's MSE to the teacher at that layer,
+    relative to the teacher features' variance (1 = as far as a constant guess; scale-free across layers)."""
+    t_feats = features(teacher, x, [t for t, _ in pairs])
+    s_feats = features(student, x, [s for _, s in pairs])
+    out = []
+    for t, s in pairs:
+        tf, sf = t_feats[t], s_feats[s]
+        if tf.shape != sf.shape:
+            raise ValueError(f"{t} -> {s}: shapes {tuple(tf.shape)} and {tuple(sf.shape)} differ; difficulty by "
+                             "MSE needs aligned layers (prune the teacher to the student's widths first).")
+        out.append(float(((sf - tf) ** 2).mean() / tf.var().clamp_min(1e-12)))
+    return out

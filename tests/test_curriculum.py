@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from indistill_lab.curriculum import (Curriculum, CurriculumError, Phase, Term, allocate_epochs,
-                                      embedding_term, layer_difficulty, stage_pairs)
+                                      embedding_term, stage_pairs)
+from indistill_lab.difficulty import layer_difficulty
 from indistill_lab.objective import CurriculumObjective
 from indistill_lab.taps import OUTPUT
 from indistill_lab.data import DATASETS, Loader, Split

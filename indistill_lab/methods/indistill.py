@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..curriculum import Curriculum, Term, layer_difficulty, stage_pairs
+from ..curriculum import Curriculum, Term, stage_pairs
+from ..difficulty import layer_difficulty
 from .base import Context, Method, probe_batch, register
 from .baselines import kd_term, pkt_term
 
@@ -55,7 +56,7 @@ class InDistillDifficulty(InDistill):
 
     def curriculum(self, student: nn.Module, ctx: Context) -> Curriculum:
         """Difficulty = the untrained student's relative MSE to the pruned auxiliary on real inputs
-        (`curriculum.layer_difficulty`); the paper's intermediate budget is split accordingly."""
+        (`difficulty.layer_difficulty`); the paper's intermediate budget is split accordingly."""
         pruned = ctx.require_sources(self.name).pruned
         difficulty = layer_difficulty(pruned, student, stage_pairs(pruned, student), probe_batch(ctx))
         L = ctx.cfg.intermediate_epochs
