@@ -52,11 +52,16 @@ def sample_labels(model: nn.Module, x: torch.Tensor, generator: torch.Generator 
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
-def _check_inputs(x: torch.Tensor, labels: torch.Tensor) -> None:
+def _check_inputs(x: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None) -> None:
     if x.dim() < 2 or len(x) == 0:
         raise ValueError(f"x must be a non-empty batch (N, ...), got shape {tuple(x.shape)}.")
     if labels.shape != (len(x),):
         raise ValueError(f"labels must have shape ({len(x)},) to match x, got {tuple(labels.shape)}.")
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}.")
+    if num_classes is not None and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(f"labels must be class indices in 0..{num_classes - 1} (the model's classes), got values "
+                         f"from {int(labels.min())} to {int(labels.max())}.")
 
 
 def _groups(model: nn.Module, depth: int | None) -> dict[str, list[str]]:
@@ -88,7 +93,7 @@ def fisher_trace(
     """
     if labels is None:
         labels = sample_labels(model, x, generator)
-    _check_inputs(x, labels)
+    _check_inputs(x, labels, getattr(model, "num_classes", None))
     groups = _groups(model, depth)
     params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     frozen = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
@@ -110,7 +115,7 @@ def fisher_trace(
 def fisher_trace_loop(model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
                       depth: int | None = None) -> dict[str, float]:
     """The same quantity as `fisher_trace`, one backward pass per example: the slow reference."""
-    _check_inputs(x, labels)
+    _check_inputs(x, labels, getattr(model, "num_classes", None))
     groups = _groups(model, depth)
     named = dict(model.named_parameters())
     totals = dict.fromkeys(groups, 0.0)

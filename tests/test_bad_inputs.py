@@ -412,3 +412,16 @@ def test_failed_and_interrupted_runs_leave_data_and_results_byte_identical(tiny_
     with pytest.raises(KeyError):
         zoo.load("nobody")
     assert _snapshot() == before
+
+
+def test_fisher_trace_rejects_labels_outside_the_models_classes():
+    from indistill_lab.fisher import fisher_trace, fisher_trace_loop
+    from indistill_lab.models import build_model
+
+    model, x = build_model("student"), torch.randn(4, 1, 28, 28)
+    with pytest.raises(ValueError, match="class indices in 0..9"):
+        fisher_trace(model, x, labels=torch.tensor([0, 1, 2, 10]))
+    with pytest.raises(ValueError, match="class indices in 0..9"):
+        fisher_trace_loop(model, x, torch.tensor([-1, 1, 2, 3]))
+    with pytest.raises(ValueError, match="integer class indices"):
+        fisher_trace(model, x, labels=torch.zeros(4))
