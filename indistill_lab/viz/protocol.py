@@ -39,8 +39,9 @@ def adam_memory_figure(by_policy: Mapping[str, Sequence[Mapping[str, Any]]]) -> 
         fig.add_bar(x=[r["layer"] for r in rows], y=[r["ratio"] for r in rows], name=f"optimizer_state={policy!r}",
                     marker_color=colours.get(policy, "#7f7f7f"), text=[f"{r['ratio']:.3g}" for r in rows],
                     hovertemplate="%{x}<br>sqrt(v) / |g| = %{y:.3g}<extra></extra>")
-    fig.add_hline(y=1, line_dash="dot", annotation_text="fresh optimizer", annotation_position="top left")
+    fig.add_hline(y=1, line_dash="dot")
     fig.update_layout(height=360, barmode="group", yaxis_type="log", yaxis_title="sqrt(v) / gradient RMS",
-                      title="Adam's memory at the first PKT step: how many times smaller each step is",
+                      title="Adam's memory at the first PKT step: how many times smaller each step is "
+                            "(dotted: a fresh optimizer)",
                       margin=dict(t=60, b=40), legend=dict(orientation="h", y=-0.2))
     return fig
