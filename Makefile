@@ -48,7 +48,7 @@ lab: data
 # pytest exits 5 when it collected no test: that is reported, not treated as a failure. -rs prints why a test
 # was skipped (the browser test without chromium).
 test: data chromium
-	INDISTILL_QUICK=1 $(PY) -m pytest -q -rs --nbval-lax --nbval-current-env \
+	INDISTILL_QUICK=1 $(PY) -m pytest -q -rs --durations=15 --nbval-lax --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider tests notebooks; \
 	rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
 
