@@ -57,7 +57,8 @@ class Context:
 
 @dataclass
 class Trained:
-    """A method's result: the student to evaluate (backbone only), its history and its schedule."""
+    """A method's result: the student to evaluate (backbone only), its history, its schedule, and
+    method-specific objects in `extras` (the optimizer, a cascade's export report, self-distillation heads)."""
 
     student: nn.Module
     history: History
