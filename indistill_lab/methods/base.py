@@ -58,7 +58,7 @@ class Context:
 @dataclass
 class Trained:
     """A method's result: the student to evaluate (backbone only), its history, its schedule, and
-    method-specific objects in `extras` (the optimizer, a cascade's export report, self-distillation heads)."""
+    method-specific objects in `extras` (a cascade's export report, self-distillation heads)."""
 
     student: nn.Module
     history: History
@@ -112,8 +112,7 @@ class Method:
         trainer.fit(loader, ctx.cfg.epochs if epochs is None else epochs)
         if trainer.history.stopped:
             raise RuntimeError(f"{self.name}: training stopped ({trainer.history.stopped}).")
-        return Trained(student.cpu().eval(), trainer.history, self.trains_head(curriculum), curriculum,
-                       {"optimizer": trainer.optimizer})
+        return Trained(student.cpu().eval(), trainer.history, self.trains_head(curriculum), curriculum)
 
     def __repr__(self) -> str:
         return f"<method {self.name}: {self.description}>"
