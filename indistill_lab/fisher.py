@@ -22,7 +22,7 @@ mode BN mixes the examples of a batch, which vmap over single examples cannot ex
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -135,17 +135,21 @@ class FisherTraceCallback(Callback):
     """Records the per-layer Fisher trace on a fixed probe set while a `Trainer` trains.
 
     Measures once before training (step 0), then after every epoch, or every `every_steps`
-    optimisation steps when given. `records` holds dicts {"step", "trace"}; `epochs()` turns
-    their steps into (fractional) epochs and `series(layer)` gives one layer's values.
+    optimisation steps when given, and also after each step listed in `extra_steps` (e.g. densely
+    in the first epoch, where the trace moves fastest). `records` holds dicts {"step", "trace"};
+    `epochs()` turns their steps into (fractional) epochs and `series(layer)` gives one layer's values.
     Labels are resampled from the model at each measurement with the same seed, so the only
     thing that changes between records is the model.
     """
 
     def __init__(self, probe_x: torch.Tensor, depth: int | None = 1, every_steps: int | None = None,
-                 chunk_size: int | None = 64, seed: int = 0) -> None:
+                 chunk_size: int | None = 64, seed: int = 0, extra_steps: Sequence[int] = ()) -> None:
         if every_steps is not None and every_steps < 1:
             raise ValueError(f"every_steps must be >= 1 or None (once per epoch), got {every_steps}.")
+        if any(not isinstance(s, int) or s < 1 for s in extra_steps):
+            raise ValueError(f"extra_steps must be optimisation steps >= 1 (whole numbers), got {list(extra_steps)}.")
         self.probe_x, self.depth, self.every_steps = probe_x, depth, every_steps
+        self.extra_steps = frozenset(extra_steps)
         self.chunk_size, self.seed = chunk_size, seed
         self.records: list[dict[str, Any]] = []
         self.steps_per_epoch: int | None = None
@@ -162,13 +166,14 @@ class FisherTraceCallback(Callback):
             self.measure(trainer)
 
     def on_batch_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
-        if self.every_steps is not None and trainer.step % self.every_steps == 0:
+        if ((self.every_steps is not None and trainer.step % self.every_steps == 0)
+                or trainer.step in self.extra_steps):
             self.measure(trainer)
 
     def on_epoch_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
         if self.steps_per_epoch is None:
             self.steps_per_epoch = trainer.step // trainer.epoch
-        if self.every_steps is None:
+        if self.every_steps is None and self.records[-1]["step"] != trainer.step:
             self.measure(trainer)
 
     def epochs(self) -> list[float]:

@@ -84,32 +84,3 @@ def test_callback_records_before_training_and_after_each_epoch():
     stepwise = FisherTraceCallback(data.x[:8], every_steps=2)
     Trainer(tiny_model(), callbacks=[stepwise], progress=False, device="cpu").fit(Loader(data, 16), epochs=2)
     assert [r["step"] for r in stepwise.records] == [0, 2, 4, 6]
-
-
-def test_blur_keeps_flat_images_and_removes_fine_detail():
-    from indistill_lab.critical_periods import DeficitObjective, blur, decaying_lr
-
-    flat = torch.full((2, 1, 8, 8), 0.7)
-    assert torch.allclose(blur(flat, 4), flat)
-    checker = ((torch.arange(8).view(-1, 1) + torch.arange(8)) % 2).float().view(1, 1, 8, 8)
-    assert torch.allclose(blur(checker, 2), torch.full_like(checker, 0.5))  # 2x2 averages of a checkerboard
-    assert torch.equal(blur(checker, 1), checker)
-    seen = []
-    model = lambda x: (seen.append(x.std().item()), torch.zeros(len(x), 2, requires_grad=True))[1]  # noqa: E731
-    objective = DeficitObjective(deficit_epochs=2, factor=2)
-    for epoch in (1, 2):
-        objective(model, checker, torch.zeros(1, dtype=torch.long), epoch)
-    assert seen[0] == pytest.approx(0.0) and seen[1] > 0.4  # blurred during the deficit, clean afterwards
-    assert decaying_lr(1.0, 0.5, 3) == {0: 1.0, 1: 0.5, 2: 0.25}
-    with pytest.raises(ValueError, match="blur factor"):
-        blur(checker, 0)
-
-
-def test_critical_period_end_is_where_the_trace_nears_its_peak():
-    from indistill_lab.critical_periods import critical_period_end
-
-    epochs = [0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
-    assert critical_period_end(epochs, [1, 5, 8, 9.5, 10, 7, 4]) == 2  # 9.5 >= 0.9 * 10 at epoch 1.5
-    assert critical_period_end(epochs, [1, 5, 8, 9.5, 10, 7, 4], fraction=0.5) == 1
-    with pytest.raises(ValueError, match="equally long"):
-        critical_period_end([0, 1], [1.0])

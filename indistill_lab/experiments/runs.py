@@ -10,22 +10,24 @@ from torch import nn
 
 from ..evaluation import evaluate_student
 from ..feature_cache import FeatureCache
-from ..methods import Context, get_method
+from ..methods import Context, Method, get_method
 from ..pipeline import Prepared, RunConfig, make_loader, prepare
 
 
-def run_method(method: str, prep: Prepared, cfg: RunConfig, seed: int, cache: FeatureCache | None = None,
+def run_method(method: str | Method, prep: Prepared, cfg: RunConfig, seed: int, cache: FeatureCache | None = None,
                progress: bool = False) -> tuple[dict[str, Any], nn.Module]:
-    """Train and evaluate one (method, seed); returns the result row and the student."""
+    """Train and evaluate one (method, seed); returns the result row and the student. `method` is a
+    registered name or a `Method` instance (an experiment's variant, named by its `name`)."""
     start = time.perf_counter()
     loader = make_loader(cfg, prep.train, seed)
     if cache is not None:
         cache.loader = loader  # tables are per example, so they serve every seed's batch order
-    trained = get_method(method).train(Context(cfg, prep.train, prep.sources, loader, cache), seed, progress=progress)
+    recipe = method if isinstance(method, Method) else get_method(method)
+    trained = recipe.train(Context(cfg, prep.train, prep.sources, loader, cache), seed, progress=progress)
     mid = time.perf_counter()
     row = evaluate_student(trained.student, prep.train, prep.test, trained.trains_head)
     done = time.perf_counter()
-    return {"method": method, "seed": seed, "config": cfg.digest(), "epochs": cfg.epochs,
+    return {"method": recipe.name, "seed": seed, "config": cfg.digest(), "epochs": cfg.epochs,
             "epoch_size": cfg.epoch_size or len(prep.train), "a": cfg.a, "optimizer_state": cfg.optimizer_state,
             **row, "train_seconds": round(mid - start, 1), "eval_seconds": round(done - mid, 1),
             "wall_seconds": round(done - start, 1), "phases": json.dumps(trained.phases)}, trained.student

@@ -38,23 +38,25 @@ def _parse(value: str) -> Any:
     return int(number) if number.is_integer() and "." not in value else number
 
 
-def append_result(path: Path | str, row: Mapping[str, Any]) -> None:
-    """Append one run's row (header written with the first row), flushed so a killed run loses nothing."""
+def append_result(path: Path | str, row: Mapping[str, Any], columns: Sequence[str] = RESULT_COLUMNS) -> None:
+    """Append one run's row (header written with the first row), flushed so a killed run loses nothing.
+    `columns` are the file's (a results table's by default; an experiment's own CSV names its own)."""
+    columns = list(columns)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.is_file()
     if not new:
         with path.open() as f:
             header = f.readline().strip().split(",")
-        if header != RESULT_COLUMNS:
-            raise ValueError(f"{path} has the columns {header}, not this kit's {RESULT_COLUMNS}: it was written by "
+        if header != columns:
+            raise ValueError(f"{path} has the columns {header}, not this kit's {columns}: it was written by "
                              "an older version. Move it aside (its rows stay valid for their own configuration) "
                              "or pass another `name`.")
     with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=columns)
         if new:
             writer.writeheader()
-        writer.writerow({k: row.get(k, "") for k in RESULT_COLUMNS})
+        writer.writerow({k: row.get(k, "") for k in columns})
 
 
 SUMMARY_COLUMNS = [("mAP (e)", "map_e"), ("mAP (c)", "map_c"), ("top-100 (e)", "top100_e"),
