@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # The torch release this project is tested with; installed first so that no other torch is fetched.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
-FIRST_NOTEBOOK := notebooks/01_data_models_and_retrieval.ipynb
+FIRST_NOTEBOOK := notebooks/00_distillation_primer.ipynb
 # Open a browser only where there is a display; on a server JupyterLab prints the URL to open.
 LAB_FLAGS ?= $(if $(or $(DISPLAY),$(filter Darwin,$(shell uname -s))),,--no-browser) $(if $(filter 0,$(shell id -u)),--allow-root,) --ServerApp.ip=127.0.0.1
 DEBIAN_FASHION := /usr/share/datasets/fashion-mnist
