@@ -131,3 +131,15 @@ def test_survival_error_bars_stay_above_zero():
     fig = survival_figure(survival)
     for bar in fig.data:
         assert all(low <= mean + 1e-12 for low, mean in zip(bar.error_y.arrayminus, bar.y))
+
+
+def test_neighbour_titles_put_the_mark_above_the_class_name(tiny_split):
+    explorer = RetrievalExplorer({"student": build_model("student")}, tiny_split, tiny_split, k=4)
+    explorer._repr_mimebundle_()
+    titles = [a["text"] for a in explorer.images._widget_layout["annotations"]]  # as the browser receives them
+    query_class = tiny_split.info.class_names[int(tiny_split.y[explorer.query.value])]
+    assert titles[0] == f"query<br><b>{query_class}</b>"
+    for title in titles[1:]:  # 01: "✗ T-shirt/top" titles on one line ran into each other
+        mark, name = title.split("<br>")
+        assert name.split(">")[1].split("<")[0] in tiny_split.info.class_names
+        assert ("✓" in mark) == (f">{query_class}<" in name) and ("✓" in mark) != ("✗" in mark)

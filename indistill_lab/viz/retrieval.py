@@ -19,6 +19,13 @@ def _to_rgb(img: torch.Tensor) -> torch.Tensor:
     return (arr.repeat(3, 1, 1) if arr.shape[0] == 1 else arr).permute(1, 2, 0)
 
 
+def _neighbour_title(name: str, hit: bool) -> str:
+    """A neighbour's title on two lines, the mark above the class name, so that nine titles in a row never
+    run into each other (on one line, "✗ T-shirt/top" titles overlapped in views narrower than about 800 px)."""
+    colour = "green" if hit else "red"
+    return f"<span style='color:{colour}'>{'✓' if hit else '✗'}</span><br><span style='color:{colour}'>{name}</span>"
+
+
 class RetrievalExplorer(Explorer):
     """Widget: query slider, model dropdown, distance toggle -> top-k neighbours and PR curve.
 
@@ -41,7 +48,7 @@ class RetrievalExplorer(Explorer):
         for col in range(1, k + 2):
             self.images.add_trace(go.Image(z=torch.zeros(28, 28, 3, dtype=torch.uint8).numpy()), row=1, col=col)
         self.images.update_xaxes(visible=False).update_yaxes(visible=False)
-        self.images.update_layout(height=170, margin=dict(l=10, r=10, t=40, b=10))
+        self.images.update_layout(height=185, margin=dict(l=10, r=10, t=55, b=10))
         self.images.update_annotations(font_size=10)
         self.curve = SyncedFigure()
         self.curve.add_scatter(x=[], y=[], mode="lines", name="precision at each rank")
@@ -75,11 +82,9 @@ class RetrievalExplorer(Explorer):
         with self.images.batch_update(), self.curve.batch_update():
             for trace, img in zip(self.images.data, pictures):
                 trace.z = _to_rgb(img).numpy()
-            self.images.layout.annotations[0].text = f"<b>{self._names[label]}</b>"
+            self.images.layout.annotations[0].text = f"query<br><b>{self._names[label]}</b>"
             for ann, j in zip(self.images.layout.annotations[1:], top.tolist()):
-                hit = int(self.database.y[j]) == label
-                ann.text = f"<span style='color:{'green' if hit else 'red'}'>{'✓' if hit else '✗'} " \
-                           f"{self._names[int(self.database.y[j])]}</span>"
+                ann.text = _neighbour_title(self._names[int(self.database.y[j])], int(self.database.y[j]) == label)
             self.curve.data[0].x = ranking.recall[::step].tolist()
             self.curve.data[0].y = ranking.precision[::step].tolist()
             self.curve.data[1].y = ranking.interpolated().tolist()
