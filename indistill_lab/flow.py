@@ -14,16 +14,24 @@ For one input and one class:
    `prod_l a_l(c_l) * prod_l s_l(c_{l+1}, c_l)`. `top_paths` finds the highest-scoring paths
    exactly (k-best dynamic programming over all channels, not only the top few).
 
-A teacher path *survives* pruning when every one of its channels is kept. Pruning criteria
-can then be compared by how many of the teacher's top paths they preserve.
+A path *survives* pruning when every one of its channels is kept. Pruning criteria can then
+be compared by how many of a model's top paths they preserve.
+
+The path score is this kit's construction, so it needs a **causal check**: `ablation_check` zeroes
+the channels on a class's top paths (`channels_zeroed`, forward hooks, removed on exit) and
+measures the drop in that class's logit and accuracy, against the same number of random channels
+and of the channels with the lowest attribution for the class.
 
     layers = flow_layers(model)                       # conv blocks in order
     paths = flow_paths(model, x, target=3).paths       # [(channels per block, score), ...]
+    with channels_zeroed(model, path_channels(paths, layers)):
+        logits = model(x)                              # the paths' channels cut out
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from captum.attr import LayerConductance, LayerGradCam
@@ -103,15 +111,30 @@ def channel_attributions(model: nn.Module, x: torch.Tensor, target: int, layers:
     """Per-channel evidence for class `target` at each block (LayerConductance, summed over space,
     positive part, normalised to sum 1). `x` is one input (C, H, W) or (1, C, H, W); the baseline
     defaults to zeros (the dataset's mean image, since inputs are normalised)."""
-    x = _one_input(x)
+    return [a[0] for a in _per_input_attributions(model, _one_input(x), target, layers, n_steps, baseline)]
+
+
+def class_attributions(model: nn.Module, x: torch.Tensor, target: int, layers: Sequence[FlowLayer] | None = None,
+                       n_steps: int = 16) -> list[torch.Tensor]:
+    """The evidence for class `target` per channel and block over a batch `x` (N, C, H, W), e.g. images of that
+    class: the mean of each input's `channel_attributions`, so it sums to 1 per block. `top_paths` of these
+    are the class's paths rather than one image's."""
+    if x.dim() != 4 or len(x) == 0:
+        raise ValueError(f"Give a non-empty batch of images (N, C, H, W), got shape {tuple(x.shape)}.")
+    return [a.mean(dim=0) for a in _per_input_attributions(model, x, target, layers, n_steps, None)]
+
+
+def _per_input_attributions(model: nn.Module, x: torch.Tensor, target: int, layers: Sequence[FlowLayer] | None,
+                            n_steps: int, baseline: torch.Tensor | None) -> list[torch.Tensor]:
+    """(N, C_l) per block: each input's positive LayerConductance per channel, normalised to sum 1."""
     layers = flow_layers(model) if layers is None else layers
     out = []
     with eval_mode(model):
         for layer in layers:
             cond = LayerConductance(model, get_module(model, layer.out))
             attr = cond.attribute(x, baselines=baseline, target=target, n_steps=n_steps).detach()
-            per_channel = attr[0].sum(dim=(1, 2)).clamp_min(0)
-            out.append(per_channel / per_channel.sum().clamp_min(1e-12))
+            per_channel = attr.sum(dim=(2, 3)).clamp_min(0)
+            out.append(per_channel / per_channel.sum(dim=1, keepdim=True).clamp_min(1e-12))
     return out
 
 
@@ -217,36 +240,144 @@ def path_survival(model: nn.Module, kept_by_criterion: Mapping[str, Mapping[str,
     return out
 
 
-SURVIVAL_RUN = {"dataset": "fashion-mnist", "images": 20, "n_paths": 20, "n_steps": 32, "taylor_batches": 4,
-                "seed": 0}
-"""The precomputed survival comparison of notebook 03: zoo teacher pruned to the zoo student's widths."""
+def path_channels(paths: Sequence[tuple[Sequence[int], float]], layers: Sequence[FlowLayer]) -> dict[str, list[int]]:
+    """The channels that `paths` pass through, per block: conv path -> sorted channel indices (the form
+    `channels_zeroed` and `PruneReport.kept` use)."""
+    return {layer.conv: sorted({int(channels[l]) for channels, _ in paths}) for l, layer in enumerate(layers)}
 
 
-def cached_path_survival(refresh: bool = False, **overrides: object) -> dict[str, object]:
-    """How much of the zoo teacher's top paths (true class of `images` test images) survives pruning to the
-    student's widths under each built-in criterion (`path_survival` measures), with the chance levels of random
-    channel choices; stored in results/precomputed/flow-*.json."""
-    from . import zoo
-    from .cache import cached
-    from .data import Loader, load_split
-    from .criteria import criteria
-    from .pruning import prune_to_widths
+def busiest_channels(paths: Sequence[tuple[Sequence[int], float]], layers: Sequence[FlowLayer]
+                     ) -> dict[str, tuple[int, int]]:
+    """Per block, the channel the most `paths` pass through and how many do (conv path -> (channel, count);
+    ties: the lower channel): the "highways" of a set of paths."""
+    if not paths:
+        raise ValueError("No paths given; busiest_channels needs at least one (channels per block, score) path.")
+    out = {}
+    for l, layer in enumerate(layers):
+        counts: dict[int, int] = {}
+        for channels, _ in paths:
+            counts[int(channels[l])] = counts.get(int(channels[l]), 0) + 1
+        out[layer.conv] = min(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return out
 
-    params = {**SURVIVAL_RUN, **overrides}
 
-    def compute() -> dict[str, object]:
-        teacher, student = zoo.load("teacher"), zoo.load("student")
-        test = load_split(params["dataset"], "test", quick=False).subset(params["images"], seed=params["seed"])
-        train = load_split(params["dataset"], "train", quick=False).subset(128 * params["taylor_batches"])
-        kept, chance = {}, {}
-        layers = flow_layers(teacher)
-        widths = [get_module(teacher, layer.conv).out_channels for layer in layers]
-        for name, criterion in criteria(Loader(train, 128, shuffle=False), seed=params["seed"]).items():
-            _, report = prune_to_widths(teacher, student, criterion)
-            kept[name] = report.kept
-            chance[name] = {"paths": chance_survival(layers, report.kept, widths),
-                            "channels": sum(len(report.kept[l.conv]) / w for l, w in zip(layers, widths)) / len(layers)}
-        survival = path_survival(teacher, kept, test.x, test.y.tolist(), params["n_paths"], params["n_steps"])
-        return {"survival": survival, "chance": chance, "images": test.y.tolist()}
+@contextmanager
+def channels_zeroed(model: nn.Module, channels: Mapping[str, Sequence[int]]) -> Iterator[nn.Module]:
+    """Inside the `with` block, the listed channels of each conv block (conv path -> channel indices) are zero at
+    the block's output (after BN and ReLU, where attributions are measured), so nothing they carry reaches the
+    later layers. Forward hooks, removed on exit even on error; the weights are never touched.
 
-    return cached("flow", params, compute, refresh=refresh)
+        with channels_zeroed(model, {"stage1.conv1": [3, 7]}):
+            logits = model(x)
+    """
+    blocks = {layer.conv: layer for layer in flow_layers(model)}
+    masks = {}
+    for conv, idx in channels.items():
+        if conv not in blocks:
+            raise KeyError(f"{conv!r} is not a conv block of {type(model).__name__}; use one of {', '.join(blocks)}.")
+        width = get_module(model, conv).out_channels
+        bad = [i for i in idx if not 0 <= int(i) < width]
+        if bad:
+            raise ValueError(f"{conv} has {width} channels (0..{width - 1}); channel(s) {bad} do not exist.")
+        mask = torch.ones(width)
+        mask[[int(i) for i in idx]] = 0.0
+        masks[blocks[conv].out] = mask.view(1, -1, 1, 1)
+    handles = [get_module(model, out).register_forward_hook(lambda _m, _i, y, mask=mask: y * mask.to(y))
+               for out, mask in masks.items()]
+    try:
+        yield model
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@torch.no_grad()
+def class_score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: int) -> dict[str, float]:
+    """On labelled inputs: the mean logit of class `target` over its own images ("logit"), the share of them
+    classified as `target` ("accuracy") and the accuracy on the other classes' images ("others")."""
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} inputs but {len(y)} labels; give one label per input.")
+    own = y == target
+    if not own.any() or own.all():
+        raise ValueError(f"Give images of class {target} and of other classes (got {int(own.sum())} of {len(y)}).")
+    with eval_mode(model):
+        logits = model(x)
+    predicted = logits.argmax(dim=1)
+    return {"logit": float(logits[own, target].mean()), "accuracy": float((predicted[own] == target).float().mean()),
+            "others": float((predicted[~own] == y[~own]).float().mean())}
+
+
+def ablation_check(model: nn.Module, select_x: torch.Tensor, eval_x: torch.Tensor, eval_y: torch.Tensor, target: int,
+                   n_paths: int = 10, draws: int = 5, n_steps: int = 16, seed: int = 0) -> dict[str, Any]:
+    """Do class `target`'s top paths carry its evidence? Find them on `select_x` (images of the class,
+    `class_attributions`), then on the held-out labelled images `eval_x`, `eval_y` measure `class_score` with
+    the channels on those paths zeroed, against the same number of channels per block (never ones on the paths)
+    with the lowest attribution for the class, and drawn at random (`draws` draws, seeded).
+
+    JSON-ready: {"class", "paths", "zeroed": channels per block, "intact", "top paths", "lowest": scores,
+    "random": one score per draw}. If the path score means something, "top paths" drops the class's logit
+    and accuracy far more than "random", and "lowest" hardly at all."""
+    if draws < 1:
+        raise ValueError(f"draws must be >= 1 (random control sets), got {draws}.")
+    layers = flow_layers(model)
+    attributions = class_attributions(model, select_x, target, layers, n_steps)
+    paths = top_paths(attributions, connection_strength(model, layers), n_paths)
+    top = path_channels(paths, layers)
+    g = torch.Generator().manual_seed(seed)
+    lowest: dict[str, list[int]] = {}
+    random_sets: list[dict[str, list[int]]] = [{} for _ in range(draws)]
+    for layer, a in zip(layers, attributions):
+        on_paths = set(top[layer.conv])
+        pool = [c for c in range(len(a)) if c not in on_paths]
+        if len(pool) < len(on_paths):
+            raise ValueError(f"The top {n_paths} paths use {len(on_paths)} of {len(a)} channels of {layer.conv}, "
+                             "leaving too few for a control set of the same size; lower n_paths.")
+        lowest[layer.conv] = sorted(sorted(pool, key=lambda c: (float(a[c]), c))[:len(on_paths)])
+        for chosen in random_sets:
+            draw = torch.randperm(len(pool), generator=g)[:len(on_paths)].tolist()
+            chosen[layer.conv] = sorted(pool[i] for i in draw)
+
+    def score(channels: Mapping[str, Sequence[int]]) -> dict[str, float]:
+        with channels_zeroed(model, channels):
+            return class_score(model, eval_x, eval_y, target)
+
+    return {"class": target, "paths": [[list(c), v] for c, v in paths],
+            "zeroed": {conv: len(c) for conv, c in top.items()}, "intact": score({}), "top paths": score(top),
+            "lowest": score(lowest), "random": [score(chosen) for chosen in random_sets]}
+
+
+ABLATION_CONDITIONS = ("top paths", "random", "lowest")
+"""The channel sets `ablation_check` zeroes, in the order figures and tables show them."""
+
+
+def ablation_summary(checks: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Drops caused by zeroing each condition's channels (intact minus ablated), over `ablation_check` results
+    (one per class): per condition and measure ("logit", "accuracy", "others") the mean and standard deviation
+    over classes (random: each class's mean over its draws first), and "random_as_large": per measure, the share of
+    (class, random draw) pairs whose drop is at least the same class's top-paths drop."""
+    if not checks:
+        raise ValueError("No ablation results to summarise; give ablation_check's result for at least one class.")
+    measures = ("logit", "accuracy", "others")
+
+    def drop(check: Mapping[str, Any], score: Mapping[str, float], measure: str) -> float:
+        return check["intact"][measure] - score[measure]
+
+    per_class = {c: {m: [] for m in measures} for c in ABLATION_CONDITIONS}
+    as_large = {m: [] for m in measures}
+    for check in checks:
+        for m in measures:
+            top = drop(check, check["top paths"], m)
+            random_drops = [drop(check, r, m) for r in check["random"]]
+            per_class["top paths"][m].append(top)
+            per_class["lowest"][m].append(drop(check, check["lowest"], m))
+            per_class["random"][m].append(sum(random_drops) / len(random_drops))
+            as_large[m] += [d >= top for d in random_drops]
+    out: dict[str, Any] = {c: {m: _mean_sd(v) for m, v in per_class[c].items()} for c in ABLATION_CONDITIONS}
+    out["random_as_large"] = {m: sum(v) / len(v) for m, v in as_large.items()}
+    out["classes"] = len(checks)
+    return out
+
+
+def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    return mean, (sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)) ** 0.5

@@ -1,4 +1,5 @@
-"""Flow paths: hand-computed attributions, link strengths and paths on a two-layer net with known weights."""
+"""Flow paths: hand-computed attributions, link strengths and paths on a two-layer net with known weights, and the
+causal check (zeroing channels) on a net where one known channel carries one class."""
 import itertools
 from collections import OrderedDict
 
@@ -6,8 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from indistill_lab.flow import (FlowLayer, chance_survival, channel_attributions, connection_strength, flow_layers,
-                                flow_paths, path_survival, surviving, to_original_indices, top_paths)
+from indistill_lab.flow import (FlowLayer, ablation_check, ablation_summary, busiest_channels, chance_survival,
+                                channel_attributions, channels_zeroed, class_attributions, class_score,
+                                connection_strength, flow_layers, flow_paths, path_channels, path_survival, surviving,
+                                to_original_indices, top_paths)
 from indistill_lab.models import ConvNet
 from indistill_lab.pruning import prune_to_widths
 
@@ -104,3 +107,79 @@ def test_survival_fractions_and_chance_level():
     assert chance_survival(layers, {"conv1": [0], "conv2": [0, 1]}, [2, 2]) == 0.5
     with pytest.raises(ValueError, match="one class per input"):
         path_survival(net, {}, x, [0])
+
+
+def carrier_net() -> nn.Module:
+    """1x1 convs on 1x1 images with two input channels: channel 0 of both blocks carries input 0 to logit 0,
+    channel 1 carries input 1 to logit 1, channel 2 computes something that no later layer reads."""
+    net = nn.Sequential(OrderedDict(
+        conv1=nn.Conv2d(2, 3, 1, bias=False), act1=nn.ReLU(),
+        conv2=nn.Conv2d(3, 3, 1, bias=False), act2=nn.ReLU(),
+        flatten=nn.Flatten(), fc=nn.Linear(3, 2, bias=False)))
+    with torch.no_grad():
+        net.conv1.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]]).view(3, 2, 1, 1))
+        net.conv2.weight.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]).view(3, 3, 1, 1))
+        net.fc.weight.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
+    return net.eval()
+
+
+def carrier_data() -> tuple[torch.Tensor, torch.Tensor]:
+    """Four images of each class: class 0 has input 0 strong, class 1 input 1."""
+    g = torch.Generator().manual_seed(0)
+    strong, weak = 1.0 + torch.rand(4, generator=g), 0.2 * torch.rand(4, generator=g)
+    x = torch.cat([torch.stack([strong, weak], 1), torch.stack([weak, strong], 1)]).view(8, 2, 1, 1)
+    return x, torch.tensor([0] * 4 + [1] * 4)
+
+
+def test_zeroing_the_carrying_channel_drops_its_class_and_an_unused_one_changes_nothing():
+    net, (x, y) = carrier_net(), carrier_data()
+    intact = class_score(net, x, y, target=0)
+    assert intact["accuracy"] == 1.0 and intact["others"] == 1.0
+    with channels_zeroed(net, {"conv1": [0]}):
+        cut = class_score(net, x, y, target=0)
+    assert cut["logit"] == pytest.approx(0.0) and cut["accuracy"] == 0.0 and cut["others"] == 1.0
+    with channels_zeroed(net, {"conv1": [2], "conv2": [2]}):
+        assert class_score(net, x, y, target=0) == intact
+    assert class_score(net, x, y, target=0) == intact  # the hooks are gone after the block
+    with pytest.raises(RuntimeError, match="inside"):
+        with channels_zeroed(net, {"conv2": [0]}):
+            raise RuntimeError("inside")
+    assert class_score(net, x, y, target=0) == intact  # ... even when the block raised
+
+
+def test_ablation_check_finds_the_carrying_path_and_its_controls_do_nothing():
+    net, (x, y) = carrier_net(), carrier_data()
+    attributions = class_attributions(net, x[:4], target=0, n_steps=8)
+    assert [a.argmax().item() for a in attributions] == [0, 0]
+    assert [float(a.sum()) for a in attributions] == pytest.approx([1.0, 1.0])
+    check = ablation_check(net, x[:4], x, y, target=0, n_paths=1, draws=3, n_steps=8)
+    assert check["paths"][0][0] == [0, 0] and check["zeroed"] == {"conv1": 1, "conv2": 1}
+    assert check["top paths"]["logit"] == pytest.approx(0.0) and check["top paths"]["accuracy"] == 0.0
+    for control in [check["lowest"], *check["random"]]:  # channels 1 and 2 do not carry class 0
+        assert control["logit"] == pytest.approx(check["intact"]["logit"]) and control["accuracy"] == 1.0
+    summary = ablation_summary([check])
+    assert summary["top paths"]["accuracy"][0] == 1.0 and summary["random"]["accuracy"][0] == 0.0
+    assert summary["random_as_large"]["logit"] == 0.0 and summary["classes"] == 1
+    paths = [((0, 2), 1.0), ((1, 2), 0.5), ((1, 0), 0.2)]
+    assert path_channels(paths, flow_layers(net)) == {"conv1": [0, 1], "conv2": [0, 2]}
+    assert busiest_channels(paths, flow_layers(net)) == {"conv1": (1, 2), "conv2": (2, 2)}
+
+
+def test_ablation_inputs_are_checked():
+    net, (x, y) = carrier_net(), carrier_data()
+    with pytest.raises(KeyError, match="not a conv block"):
+        with channels_zeroed(net, {"fc": [0]}):
+            pass
+    with pytest.raises(ValueError, match="channel\\(s\\) \\[3\\] do not exist"):
+        with channels_zeroed(net, {"conv1": [3]}):
+            pass
+    with pytest.raises(ValueError, match="images of class 0 and of other classes"):
+        class_score(net, x[:4], y[:4], target=0)
+    with torch.no_grad():
+        net.conv2.weight.fill_(1.0)  # now every channel carries class 0: no channels are left for a control set
+    with pytest.raises(ValueError, match="leaving too few"):
+        ablation_check(net, x[:4], x, y, target=0, n_paths=9, n_steps=4)
+    with pytest.raises(ValueError, match="No paths given"):
+        busiest_channels([], flow_layers(net))
+    with pytest.raises(ValueError, match="non-empty batch"):
+        class_attributions(net, x[0], target=0)

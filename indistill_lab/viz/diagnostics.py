@@ -175,11 +175,11 @@ def survival_figure(survival: dict[str, dict[str, list[float]]], chance: dict[st
                     n_paths: int | None = None) -> go.Figure:
     """Per pruning criterion: the share of the teacher's top paths' channels that is kept (left) and the share
     of whole paths kept (right); mean over inputs with standard deviation, chance level in red.
-    `survival` and `chance` are `flow.cached_path_survival()`'s entries."""
+    `survival` and `chance` are `experiments.flow_paths.cached_path_survival()`'s entries."""
     names = list(survival)
     top = f"top {n_paths} " if n_paths else "top "
     fig = make_subplots(rows=1, cols=2, subplot_titles=(f"channels of the teacher's {top}paths kept",
-                                                        f"whole {top}paths kept (all 6 channels)"))
+                                                        f"whole {top}paths kept (every channel)"))
     for col, measure in enumerate(("channels", "paths"), start=1):
         values = [survival[n][measure] for n in names]
         means = [sum(v) / len(v) for v in values]
@@ -193,8 +193,33 @@ def survival_figure(survival: dict[str, dict[str, list[float]]], chance: dict[st
                             marker=dict(symbol="line-ew-open", size=36, color="#d62728", line_width=3),
                             name="chance (random channels)", showlegend=col == 1)
         fig.update_yaxes(tickformat=".0%", rangemode="tozero", row=1, col=col)
-    fig.update_xaxes(title_text="criterion (teacher pruned to the student's widths)")
+    fig.update_xaxes(title_text="criterion (pruned to the student's widths)")
     fig.update_layout(height=400, margin=dict(t=50, b=40), legend=dict(orientation="h", y=1.15))
+    return fig
+
+
+ABLATION_MEASURES = {"logit": "drop in the class's logit", "accuracy": "drop in the class's accuracy",
+                     "others": "drop in the other classes' accuracy"}
+
+
+def ablation_figure(summaries: dict[str, dict[str, Any]]) -> go.Figure:
+    """The causal check of the flow paths: for each model (colour), the drop each condition's zeroed channels cause
+    (x: top paths, random, lowest), one panel per measure, mean over classes with their standard deviation.
+    `summaries`: model name -> `flow.ablation_summary(...)`."""
+    from ..flow import ABLATION_CONDITIONS
+
+    fig = make_subplots(rows=1, cols=len(ABLATION_MEASURES), subplot_titles=list(ABLATION_MEASURES.values()))
+    for i, (name, summary) in enumerate(summaries.items()):
+        for col, measure in enumerate(ABLATION_MEASURES, start=1):
+            means, sds = zip(*(summary[c][measure] for c in ABLATION_CONDITIONS))
+            scale = 1.0 if measure == "logit" else 100.0  # accuracies in percentage points
+            fig.add_bar(x=list(ABLATION_CONDITIONS), y=[m * scale for m in means], name=name, legendgroup=name,
+                        showlegend=col == 1, marker_color=PALETTE[i % len(PALETTE)],
+                        error_y=dict(type="data", array=[v * scale for v in sds]), row=1, col=col)
+    fig.update_yaxes(title_text="logit", row=1, col=1)
+    for col in range(2, len(ABLATION_MEASURES) + 1):
+        fig.update_yaxes(title_text="percentage points", row=1, col=col)
+    fig.update_layout(height=380, barmode="group", margin=dict(t=50, b=40), legend=dict(orientation="h", y=1.18))
     return fig
 
 
@@ -275,18 +300,19 @@ class FlowExplorer(Explorer):
 
 # -- per-layer distillation difficulty (notebook 05) -------------------------------------------------
 
-COLUMN_TITLES = {"one_minus_cka": "1 - CKA at the start", "initial_mse": "initial direct MSE",
-                 "epochs_to_fraction": "epochs to reach the fraction"}
+COLUMN_TITLES = {"nmse": "nMSE at the start (the rule's measure)", "one_minus_cka": "1 - CKA at the start",
+                 "steps": "steps to reach the fraction"}
 
 
 class DifficultyExplorer(Explorer):
-    """Slider over the probe budget, dropdown for the difficulty column that drives the curriculum.
+    """Slider over the probe's length (steps), dropdown for the student's seed.
 
-    Top: the difficulty table as bars (one panel per measure). Middle: each layer's single-layer
-    distillation curve (loss / initial loss) with the target fraction. Bottom: the curriculum
-    `curriculum_from_table` builds from the chosen column, on the curriculum-editor timeline.
-    `result` is `difficulty.cached_difficulty()`; `final`, `budget`, `total_epochs` and `critical_end`
-    are passed to the curriculum.
+    Top: the difficulty table as bars, one panel per measure; a censored `steps` value is a hatched bar up to the
+    probe's length labelled ">= n". Middle: each layer's single-layer distillation curve (loss / initial loss),
+    the target fraction dotted, the probe's end dashed. Bottom: the curriculum the rule
+    (`difficulty.curriculum_from_table`) builds, on the curriculum-editor timeline. `result` is
+    `experiments.difficulty.cached_difficulty()`; `final`, `budget`, `total_epochs` and `critical_end` are passed
+    to the curriculum.
     """
 
     def __init__(self, result: dict[str, Any], final: Any, budget: int, total_epochs: int,
@@ -296,58 +322,77 @@ class DifficultyExplorer(Explorer):
         self.tables = result["tables"]
         self.final, self.budget, self.total_epochs, self.critical_end = final, budget, total_epochs, critical_end
         self._timeline_figure = timeline_figure
-        budgets = [str(b) for b in result["budgets"]]
-        self.slider = widgets.SelectionSlider(options=budgets, value=budgets[-1], description="probe budget (images)",
-                                              style={"description_width": "initial"}, continuous_update=True)
-        self.column = widgets.Dropdown(options=[(t, k) for k, t in COLUMN_TITLES.items()], value="epochs_to_fraction",
-                                       description="curriculum from", style={"description_width": "initial"})
-        first = self.tables[budgets[-1]]
+        seeds = [str(s) for s in result["seeds"]]
+        first = self.tables[seeds[0]]
+        steps = [int(s) for s in first["rows"][0]["curve"]["step"] if s > 0]
+        self.slider = widgets.SelectionSlider(options=steps, value=steps[-1], description="probe length (steps)",
+                                              style={"description_width": "initial"}, continuous_update=True,
+                                              layout=widgets.Layout(width="420px"))
+        self.seed = widgets.Dropdown(options=seeds, value=seeds[0], description="student seed",
+                                     style={"description_width": "initial"}, layout=widgets.Layout(width="200px"))
         n_pairs = len(first["rows"])
+        colours = [PALETTE[i % len(PALETTE)] for i in range(n_pairs)]
         self.bars = SyncedFigure(make_subplots(rows=1, cols=3, subplot_titles=list(COLUMN_TITLES.values())))
         for c in range(3):
-            self.bars.add_bar(row=1, col=c + 1, marker_color=[PALETTE[i % len(PALETTE)] for i in range(n_pairs)],
-                              showlegend=False, texttemplate="%{y:.2f}", textposition="outside")
+            self.bars.add_bar(row=1, col=c + 1, marker_color=colours, showlegend=False, textposition="outside")
         self.bars.update_layout(height=320, margin=dict(t=50, b=40))
         self.curves = SyncedFigure()
         for i in range(n_pairs):
-            self.curves.add_scatter(mode="lines+markers", line=dict(color=PALETTE[i % len(PALETTE)]))
-        self.curves.update_layout(height=320, margin=dict(t=50, b=40), xaxis_title="epochs of single-layer distillation",
+            self.curves.add_scatter(mode="lines+markers", line=dict(color=colours[i]))
+        self.curves.update_layout(height=320, margin=dict(t=50, b=40), xaxis_title="steps of single-layer distillation",
                                   yaxis=dict(title="held-out loss / initial loss", rangemode="tozero"),
                                   title="each layer distilled alone (direct MSE)")
         self.timeline = SyncedFigure(self._curriculum_figure())
         self.slider.observe(lambda _: self.update(), names="value")
-        self.column.observe(lambda _: self.update(), names="value")
+        self.seed.observe(lambda _: self.update(), names="value")
         self.update()
 
     @property
     def table(self) -> dict[str, Any]:
-        return self.tables[self.slider.value]
+        """The chosen seed's table as a probe of the chosen length measured it."""
+        from ..difficulty import at_budget
+
+        return at_budget(self.tables[self.seed.value], self.slider.value)
 
     @property
     def curriculum(self) -> Any:
-        """The curriculum the chosen column and budget produce."""
+        """The curriculum the rule builds from the chosen seed's table (the probe's length does not change it)."""
         from ..difficulty import curriculum_from_table
 
-        return curriculum_from_table(self.table, self.column.value, self.budget, self.final, self.total_epochs,
+        return curriculum_from_table(self.table, self.budget, self.final, self.total_epochs,
                                      critical_end=self.critical_end)
 
     def _curriculum_figure(self) -> go.Figure:
-        return self._timeline_figure(self.curriculum, title=f"curriculum from {COLUMN_TITLES[self.column.value]} "
-                                                            f"(budget {self.budget} epochs for the layer phases)")
+        lengths = " / ".join(str(p.epochs) for p in self.curriculum.phases)
+        return self._timeline_figure(self.curriculum, title=f"the rule: epochs in proportion to nMSE ({lengths} of "
+                                                            f"{self.budget}), student seed {self.seed.value}")
 
     def update(self) -> None:
-        """Redraw bars, curves and timeline for the chosen budget and column."""
-        rows, table = self.table["rows"], self.table
+        """Redraw bars, curves and timeline for the chosen probe length and seed."""
+        from ..difficulty import steps_label
+
+        table = self.table
+        rows, n = table["rows"], table["probe_steps"]
         labels = [f"{r['teacher']}→{r['student']}" for r in rows]
         with self.bars.batch_update():
             for trace, key in zip(self.bars.data, COLUMN_TITLES):
-                trace.update(x=labels, y=[r[key] for r in rows])
+                if key == "steps":
+                    trace.update(x=labels, y=[n if r["censored"] else r["steps"] for r in rows],
+                                 text=[steps_label(r) for r in rows],
+                                 marker_pattern_shape=["/" if r["censored"] else "" for r in rows])
+                else:
+                    trace.update(x=labels, y=[r[key] for r in rows], text=[f"{r[key]:.3f}" for r in rows])
         with self.curves.batch_update():
             for trace, row, label in zip(self.curves.data, rows, labels):
                 loss0 = row["curve"]["loss"][0] or 1.0
-                trace.update(x=row["curve"]["epoch"], y=[v / loss0 for v in row["curve"]["loss"]], name=label)
-            self.curves.layout.shapes = [dict(type="line", xref="paper", x0=0, x1=1, y0=table["fraction"],
-                                              y1=table["fraction"], line=dict(dash="dot", color="#888"))]
+                trace.update(x=row["curve"]["step"], y=[v / loss0 for v in row["curve"]["loss"]],
+                             name=f"{label}: {steps_label(row)} steps")
+            full = self.tables[self.seed.value]["probe_steps"]
+            self.curves.layout.xaxis.range = [0, full]
+            self.curves.layout.shapes = [
+                dict(type="line", xref="paper", x0=0, x1=1, y0=table["fraction"], y1=table["fraction"],
+                     line=dict(dash="dot", color="#888")),
+                dict(type="line", yref="paper", x0=n, x1=n, y0=0, y1=1, line=dict(dash="dash", color="#444"))]
         fresh = self._curriculum_figure()
         with self.timeline.batch_update():
             self.timeline.data[0].update(fresh.data[0])
@@ -355,4 +400,4 @@ class DifficultyExplorer(Explorer):
                                         annotations=fresh.layout.annotations)
 
     def layout(self) -> widgets.Widget:
-        return widgets.VBox([widgets.HBox([self.slider, self.column]), self.bars, self.curves, self.timeline])
+        return widgets.VBox([widgets.HBox([self.slider, self.seed]), self.bars, self.curves, self.timeline])
