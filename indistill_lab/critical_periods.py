@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .config import seed_everything
 from .data import Loader, Split
 from .feature_cache import IndexedLoader
 from .fisher import FisherTraceCallback
@@ -130,6 +131,7 @@ def deficit_run(train: Split, test: Split, probe: torch.Tensor, total_epochs: in
         raise ValueError(f"The deficit [{deficit_start}, {deficit_start + deficit_epochs}) must end before the "
                          f"last of {total_epochs} epochs, so every run ends on clean data; raise total_epochs.")
     spec = protocol_named(protocol)
+    seed_everything(seed)  # the initialisation depends on the seed only, not on what ran before
     net = build_model(model, train.info)
     objective = DeficitObjective(deficit_epochs, factor, deficit_start)
     loader = IndexedLoader(train, spec.batch_size, seed=seed, epoch_size=epoch_size)

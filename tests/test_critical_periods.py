@@ -8,7 +8,7 @@ from indistill_lab.critical_periods import (PROTOCOLS, DeficitObjective, blur, c
                                             deficit_run, protocol_named)
 from indistill_lab.curriculum import Curriculum, Term
 from indistill_lab.data import DATASETS, Split
-from indistill_lab.experiments.critical_periods import grid
+from indistill_lab.experiments.critical_periods import Grid
 from indistill_lab.experiments.warmup_onset import delayed
 from indistill_lab.fisher import FisherTraceCallback
 from indistill_lab.models import ConvNet
@@ -108,11 +108,15 @@ def test_deficit_run_rows_follow_the_schedule():
     assert len(layers) == 5 and rows[2]["fisher_total"] == pytest.approx(sum(rows[2][k] for k in layers))
     with pytest.raises(ValueError, match="end before the last"):
         deficit_run(train, test, test.x[:4], total_epochs=3, deficit_epochs=3)
+    clean = deficit_run(train, test, test.x[:4], total_epochs=3, epoch_size=32)
+    torch.manual_seed(123)  # whatever ran before, the seed alone fixes the run; a shorter run is a prefix
+    assert deficit_run(train, test, test.x[:4], total_epochs=2, epoch_size=32) == clean[:3]
+    assert rows[:2] == clean[:2]  # identical until the deficit starts
 
 
 def test_grid_gives_every_deficit_the_same_clean_training_and_windows_equal_length():
-    runs = grid(clean_epochs=20, deficits=[8, 16], window=8, onsets=[8, 16], deficit_protocols=["sgd-wd"],
-                fisher_protocols=["sgd", "adam"])
+    runs = Grid(clean_epochs=20, deficits=(8, 16), window=8, onsets=(8, 16), deficit_protocols=("sgd-wd",),
+                fisher_protocols=("sgd", "adam")).conditions()
     first = [c for c in runs if c.protocol == "sgd-wd" and c.deficit_start == 0 and c.deficit_epochs]
     assert {c.total_epochs - c.deficit_epochs for c in first} == {20}
     windows = [c for c in runs if c.protocol == "sgd-wd" and c.deficit_epochs == 8]
@@ -135,3 +139,23 @@ def test_delayed_warmup_moves_the_phases_and_keeps_the_length():
         delayed(paper, 7)
     with pytest.raises(ValueError, match="onset must be"):
         delayed(paper, -1)
+
+
+def test_fisher_explorer_draws_every_protocol_with_its_seed_band_and_end():
+    from indistill_lab.viz.critical_periods import FisherExplorer, deficit_figure
+
+    curves = ([0, 10, 20, 30], {0: [1, 8, 4, 3], 1: [1, 6, 5, 4]})
+    explorer = FisherExplorer({"total": {"sgd-wd": curves, "adam": curves}}, {"total": {"sgd-wd": 10, "adam": None}})
+    names = [t.name for t in explorer.figure.data]
+    assert names == ["sgd-wd seed range", "sgd-wd (mean of 2 seeds)", "adam seed range", "adam (mean of 2 seeds)"]
+    assert list(explorer.figure.data[1].x) == [10, 20, 30]  # log axis: the point at 0 images is left out
+    assert list(explorer.figure.data[1].y) == [7, 4.5, 3.5]
+    assert [s.x0 for s in explorer.figure.layout.shapes] == [10]  # only sgd-wd has a measured end
+    assert "adam: no peak" in explorer.status.value
+    explorer.scale.value = "linear"
+    assert list(explorer.figure.data[1].x) == [0, 10, 20, 30]
+    with pytest.raises(KeyError, match="layers: total"):
+        FisherExplorer({"total": {}}, {}, layer="stage9")
+    fig = deficit_figure({"sgd-wd": {0: {0: 0.0}, 8: {0: -2.0, 1: -1.0}}}, {"sgd-wd": {0: {0: -1.0}}}, 5000)
+    means = [t for t in fig.data if t.name == "sgd-wd: mean"]
+    assert list(means[0].x) == [0, 40000] and list(means[0].y) == [0.0, -1.5]

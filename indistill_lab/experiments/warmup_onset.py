@@ -27,6 +27,7 @@ from ..methods.indistill import InDistillPaper
 from ..pipeline import Prepared, RunConfig, auxiliary_pkt, load_data, load_teacher, prune_auxiliary
 from ..report import markdown_table
 from ..sources import Sources
+from ..viz.critical_periods import warmup_onset_png
 from .runs import run_method, shared_cache
 from .tables import append_result, mean_std, read_results
 
@@ -98,6 +99,22 @@ def run(cfg: RunConfig, onsets: Sequence[int], seeds: Sequence[int], path: Path 
         log(f"{name} seed {seed}: mAP(e) {row['map_e']:.2f}, mAP(c) {row['map_c']:.2f} ({row['wall_seconds']:.0f} s)")
 
 
+def per_onset(rows: Sequence[dict[str, Any]], cfg: RunConfig, key: str = "map_e") -> tuple[dict[int, dict[int, float]],
+                                                                                          dict[int, float]]:
+    """From the rows of `cfg`: onset -> {seed: `key`} for the delayed warm-ups, and {seed: `key`} for PKT alone."""
+    onsets: dict[int, dict[int, float]] = {}
+    control: dict[int, float] = {}
+    prefix = "indistill-paper-onset-"
+    for r in rows:
+        if r["config"] != cfg.digest():
+            continue
+        if r["method"] == "pkt":
+            control[r["seed"]] = float(r[key])
+        elif str(r["method"]).startswith(prefix):
+            onsets.setdefault(int(r["method"][len(prefix):]), {})[r["seed"]] = float(r[key])
+    return onsets, control
+
+
 def summary_markdown(rows: Sequence[dict[str, Any]], cfg: RunConfig, argv: Sequence[str]) -> str:
     """results/warmup-onset.md: mAP per onset (mean ± std over seeds) and its change against onset 0, per seed."""
     rows = [r for r in rows if r["config"] == cfg.digest()]
@@ -147,7 +164,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     get_method("pkt")  # the control must exist before anything trains
     run(cfg, args.onsets, range(args.seeds), args.csv)
     given = list(sys.argv[1:] if argv is None else argv)
-    args.csv.with_suffix(".md").write_text(summary_markdown(read_results(args.csv), cfg, given))
+    rows = read_results(args.csv)
+    args.csv.with_suffix(".md").write_text(summary_markdown(rows, cfg, given))
+    onsets, control = per_onset(rows, cfg)
+    warmup_onset_png(args.csv.with_suffix(".png"), onsets, control, cfg.epoch_size,
+                     title=f"student, {cfg.train_size:,} Fashion-MNIST images, {cfg.epochs} x {cfg.epoch_size:,} "
+                           f"images per run, a = {cfg.a}")
 
 
 if __name__ == "__main__":
