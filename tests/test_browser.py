@@ -54,7 +54,7 @@ STATUS_JS = """() => {
 }"""
 
 # What the page shows: raw reprs or widget errors in outputs, plotly figures without data, 'trace N' legends,
-# widget outputs still loading or missing.
+# widget outputs still loading or missing, control labels and buttons cut short ("optimi...").
 RENDER_JS = """(raw) => {
   const notebook = window.jupyterapp.shell.currentWidget.content;
   const panel = notebook.node;
@@ -68,6 +68,8 @@ RENDER_JS = """(raw) => {
     raw.forEach(r => { if (out.innerText.includes(r)) problems.push(`output shows ${JSON.stringify(r)}`); });
     if (out.innerText.trim() === 'Loading widget...') problems.push('a widget never loaded');
   });
+  panel.querySelectorAll('.widget-label, .widget-button').forEach(e => {
+    if (e.scrollWidth > e.clientWidth) problems.push(`widget text cut short: ${JSON.stringify(e.innerText)}`); });
   const plots = [...panel.querySelectorAll('.js-plotly-plot')];
   plots.forEach((gd, i) => {
     const data = gd._fullData || [];

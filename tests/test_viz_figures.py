@@ -10,7 +10,8 @@ import torch
 from indistill_lab.models import build_model
 from indistill_lab.retrieval import RECALL_POINTS
 from indistill_lab.viz.common import STATIC_FIGURES_MIME, Explorer, LivePlot, figure_json
-from indistill_lab.viz.curriculum import ComparisonView
+from indistill_lab.curriculum import Term
+from indistill_lab.viz.curriculum import ComparisonView, CurriculumEditor
 from indistill_lab.viz.diagnostics import DeficitExplorer, survival_figure
 from indistill_lab.viz.pruning import SweepExplorer, cka_heatmaps
 from indistill_lab.viz.results import ResultsExplorer
@@ -93,6 +94,13 @@ def test_an_explorer_carries_its_figures_and_a_readable_text():
 
 def test_buttons_are_as_wide_as_their_label():
     assert DeficitExplorer(deficit_sweep(), rerun=lambda n: {}).button.layout.width == "auto"
+
+
+def test_curriculum_editor_optimizer_label_is_not_cut():
+    # In chromium "optimizer" needs 61 px: in the sliders' 60 px label column it read "optimi...".
+    editor = CurriculumEditor([("stage1", "stage1")], Term("act_fc1", "act_fc1", "pkt"), total_epochs=4)
+    assert editor.optimizer_state.style.description_width == "initial"
+    assert all(row[0].style.description_width == "60px" for row in editor.rows)  # the sliders stay aligned
 
 
 def test_cka_cells_show_two_decimals():

@@ -125,8 +125,10 @@ class CurriculumEditor(Explorer):
                       widgets.FloatSlider(1.0, min=0.0, max=2.0, step=0.1, description="weight", style=style,
                                           layout=layout))
                      for _ in self.pairs]
+        # Its description is wider than the sliders' 60 px column: sized to its text, not cut to "optimi...".
         self.optimizer_state = widgets.Dropdown(options=OPTIMIZER_CHOICES, value="epoch", description="optimizer",
-                                                style=style, layout=widgets.Layout(width="340px"))
+                                                style={"description_width": "initial"},
+                                                layout=widgets.Layout(width="360px"))
         self.status = widgets.HTML()
         self.figure = SyncedFigure(_timeline_base(140 + 40 * (len(self.pairs) + 1)))
         self._applying = False
