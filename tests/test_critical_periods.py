@@ -159,3 +159,20 @@ def test_fisher_explorer_draws_every_protocol_with_its_seed_band_and_end():
     fig = deficit_figure({"sgd-wd": {0: {0: 0.0}, 8: {0: -2.0, 1: -1.0}}}, {"sgd-wd": {0: {0: -1.0}}}, 5000)
     means = [t for t in fig.data if t.name == "sgd-wd: mean"]
     assert list(means[0].x) == [0, 40000] and list(means[0].y) == [0.0, -1.5]
+
+
+def test_recovery_control_gives_a_later_warmup_as_much_pkt_after_it():
+    from indistill_lab.experiments.warmup_onset import config, per_onset, with_recovery
+
+    cfg = config()
+    longer = with_recovery(cfg, 6)
+    assert (longer.epochs, longer.lr_drop_epoch) == (cfg.epochs + 6, cfg.lr_drop_epoch + 6)
+    final = Term("aux.act_fc1", "act_fc1", "pkt")
+    pairs = [("p.stage1", "stage1"), ("p.stage2", "stage2"), ("p.stage3", "stage3")]
+    start = delayed(Curriculum.paper(pairs, final, cfg.epochs, a=cfg.a), 0)
+    late = delayed(Curriculum.paper(pairs, final, longer.epochs, a=cfg.a), 6)
+    assert start.total_epochs - start.final_begins == late.total_epochs - late.final_begins == 10
+    rows = [{"config": cfg.digest(), "method": "pkt", "seed": 0, "map_e": 70.0},
+            {"config": cfg.digest(), "method": "indistill-paper-onset-3", "seed": 1, "map_e": 60.0},
+            {"config": longer.digest(), "method": "indistill-paper-onset-6", "seed": 0, "map_e": 50.0}]
+    assert per_onset(rows, cfg) == ({3: {1: 60.0}}, {0: 70.0})

@@ -82,21 +82,30 @@ def prepare_small(cfg: RunConfig) -> Prepared:
     return Prepared(train, test, teacher, aux, pruned, report, Sources(aux=aux, pruned=pruned))
 
 
+def with_recovery(cfg: RunConfig, onset: int) -> RunConfig:
+    """`cfg` lengthened by `onset` epochs (lr drop moved with it), so a warm-up started at `onset` is followed by
+    as many PKT epochs as one started at 0: the control for "a later warm-up leaves less PKT after it"."""
+    return replace(cfg, epochs=cfg.epochs + onset, lr_drop_epoch=cfg.lr_drop_epoch + onset)
+
+
 def run(cfg: RunConfig, onsets: Sequence[int], seeds: Sequence[int], path: Path = CSV, log: Any = print) -> None:
-    """Train every (variant, seed) not yet in `path` (PKT alone, then the warm-up at each onset)."""
+    """Train every (configuration, variant, seed) not yet in `path`: PKT alone and the warm-up at each onset
+    (every run `cfg.epochs` long), then each later onset again `with_recovery`."""
     torch.set_num_threads(1)
-    variants: list[Any] = ["pkt", *[DelayedWarmup(o) for o in onsets]]
-    names = [v if isinstance(v, str) else v.name for v in variants]
-    done = {(r["method"], r["seed"]) for r in read_results(path) if r["config"] == cfg.digest()}
-    todo = [(v, n, s) for s in seeds for v, n in zip(variants, names) if (n, s) not in done]
+    jobs: list[tuple[RunConfig, Any]] = [(cfg, "pkt"), *[(cfg, DelayedWarmup(o)) for o in onsets]]
+    jobs += [(with_recovery(cfg, o), DelayedWarmup(o)) for o in onsets if o > 0]
+    done = {(r["config"], r["method"], r["seed"]) for r in read_results(path)}
+    todo = [(c, v, s) for s in seeds for c, v in jobs
+            if (c.digest(), v if isinstance(v, str) else v.name, s) not in done]
     if not todo:
         return
-    prep = prepare_small(cfg)
+    prep = prepare_small(cfg)  # the configurations differ only in length: one set of stages and targets
     cache = shared_cache(prep, cfg, ["indistill-paper", "pkt"])
-    for variant, name, seed in todo:
-        row, _ = run_method(variant, prep, cfg, seed, cache)
+    for run_cfg, variant, seed in todo:
+        row, _ = run_method(variant, prep, run_cfg, seed, cache)
         append_result(path, row)
-        log(f"{name} seed {seed}: mAP(e) {row['map_e']:.2f}, mAP(c) {row['map_c']:.2f} ({row['wall_seconds']:.0f} s)")
+        log(f"{row['method']} ({run_cfg.epochs} epochs) seed {seed}: mAP(e) {row['map_e']:.2f}, "
+            f"mAP(c) {row['map_c']:.2f} ({row['wall_seconds']:.0f} s)")
 
 
 def per_onset(rows: Sequence[dict[str, Any]], cfg: RunConfig, key: str = "map_e") -> tuple[dict[int, dict[int, float]],
@@ -115,16 +124,25 @@ def per_onset(rows: Sequence[dict[str, Any]], cfg: RunConfig, key: str = "map_e"
     return onsets, control
 
 
-def summary_markdown(rows: Sequence[dict[str, Any]], cfg: RunConfig, argv: Sequence[str]) -> str:
-    """results/warmup-onset.md: mAP per onset (mean ± std over seeds) and its change against onset 0, per seed."""
-    rows = [r for r in rows if r["config"] == cfg.digest()]
-    by: dict[str, dict[int, dict[str, Any]]] = {}
-    for r in rows:
-        by.setdefault(r["method"], {})[r["seed"]] = r
-    start = by.get("indistill-paper-onset-0", {})
+def recovery(rows: Sequence[dict[str, Any]], cfg: RunConfig, onsets: Sequence[int],
+             key: str = "map_e") -> dict[int, dict[int, float]]:
+    """Onset -> {seed: `key`} with as much PKT after the warm-up as onset 0 has (onset 0 from `cfg`'s rows, later
+    onsets from their `with_recovery` runs)."""
+    out = {0: per_onset(rows, cfg, key)[0].get(0, {})}
+    for o in [o for o in onsets if o > 0]:
+        found = per_onset(rows, with_recovery(cfg, o), key)[0].get(o)
+        if found:
+            out[o] = found
+    return out
+
+
+def _table(runs_by_name: dict[str, dict[int, dict[str, Any]]]) -> str:
+    """Mean ± std per variant and its change against onset 0, paired by seed."""
+    start = runs_by_name.get("indistill-paper-onset-0", {})
     table = []
-    for name, runs in by.items():
-        row: dict[str, Any] = {"variant": name, "seeds": len(runs)}
+    for name, runs in runs_by_name.items():
+        row: dict[str, Any] = {"variant": name, "seeds": len(runs), "images": next(iter(runs.values()))["epochs"]
+                               * next(iter(runs.values()))["epoch_size"]}
         for key, label in (("map_e", "mAP (e)"), ("map_c", "mAP (c)"), ("accuracy", "probe acc.")):
             mean, std = mean_std([float(r[key]) for r in runs.values()])
             row[label] = f"{mean:.2f} ± {std:.2f}"
@@ -133,18 +151,39 @@ def summary_markdown(rows: Sequence[dict[str, Any]], cfg: RunConfig, argv: Seque
         row["mAP (e) − onset 0, paired"] = f"{mean:+.2f} ± {std:.2f}" if name != "indistill-paper-onset-0" else ""
         row["phases [layer, start, epochs]"] = next(iter(runs.values()))["phases"]
         table.append(row)
+    return markdown_table(table)
+
+
+def summary_markdown(rows: Sequence[dict[str, Any]], cfg: RunConfig, onsets: Sequence[int],
+                     argv: Sequence[str]) -> str:
+    """results/warmup-onset.md: mAP per variant (mean ± std over seeds) and its paired change against onset 0,
+    at equal total images and at equal PKT after the warm-up."""
+    def runs_of(config: RunConfig, names: Sequence[str] | None = None) -> dict[str, dict[int, dict[str, Any]]]:
+        out: dict[str, dict[int, dict[str, Any]]] = {}
+        for r in rows:
+            if r["config"] == config.digest() and (names is None or r["method"] in names):
+                out.setdefault(r["method"], {})[r["seed"]] = r
+        return out
+
+    same_total = runs_of(cfg)
+    same_recovery = {k: v for k, v in same_total.items() if k == "indistill-paper-onset-0"}
+    for o in [o for o in onsets if o > 0]:
+        same_recovery.update(runs_of(with_recovery(cfg, o), [f"indistill-paper-onset-{o}"]))
     e = cfg.epoch_size
     return "\n".join([
         "# When InDistill's warm-up starts (notebook 04)", "",
         f"Generated by `python -m indistill_lab.experiments.warmup_onset {' '.join(argv)}` (config `{cfg.digest()}`). "
         f"Student from scratch, {cfg.train_size:,} Fashion-MNIST training images (retrieval database), "
-        f"{cfg.test_size:,} test queries, {cfg.epochs} epochs of {e:,} images ({cfg.epochs * e:,} images in every "
-        f"run), Adam lr {cfg.lr:g} then {cfg.lr_low:g} from epoch {cfg.lr_drop_epoch}, optimizer state cleared "
-        f"every epoch. Warm-up = `indistill-paper`'s layer phases (a = {cfg.a}: stage k for a + k epochs, MSE to "
-        "the L1-pruned PKT auxiliary of the zoo), started after `onset` epochs of PKT; PKT afterwards. "
-        "`pkt` = PKT alone. mAP 11-point, %; accuracy from a linear probe on the frozen embedding. "
-        "Mean ± sample std over seeds; the paired change subtracts onset 0's run of the same seed.", "",
-        markdown_table(table), ""])
+        f"{cfg.test_size:,} test queries, epochs of {e:,} images, Adam lr {cfg.lr:g}, {cfg.lr_low:g} for the last "
+        f"{cfg.epochs - cfg.lr_drop_epoch} epochs, optimizer state cleared every epoch. Warm-up = `indistill-paper`'s "
+        f"layer phases (a = {cfg.a}: stage k for a + k epochs, MSE to the L1-pruned PKT auxiliary of the zoo), "
+        "started after `onset` epochs of PKT; PKT afterwards. `pkt` = PKT alone. mAP 11-point, %; accuracy from a "
+        "linear probe on the frozen embedding. Mean ± sample std over seeds; the paired change subtracts onset 0's "
+        "run of the same seed.", "",
+        f"## Same total images ({cfg.epochs} epochs, {cfg.epochs * e:,} images): a later warm-up leaves less PKT "
+        "after it", "", _table(same_total), "",
+        f"## Same PKT after the warm-up ({cfg.epochs - cfg.intermediate_epochs} epochs): a later warm-up makes the "
+        "run longer by its onset", "", _table(same_recovery), ""])
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -165,9 +204,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     run(cfg, args.onsets, range(args.seeds), args.csv)
     given = list(sys.argv[1:] if argv is None else argv)
     rows = read_results(args.csv)
-    args.csv.with_suffix(".md").write_text(summary_markdown(rows, cfg, given))
+    args.csv.with_suffix(".md").write_text(summary_markdown(rows, cfg, args.onsets, given))
     onsets, control = per_onset(rows, cfg)
-    warmup_onset_png(args.csv.with_suffix(".png"), onsets, control, cfg.epoch_size,
+    warmup_onset_png(args.csv.with_suffix(".png"), onsets, control, cfg.epoch_size, recovery(rows, cfg, args.onsets),
                      title=f"student, {cfg.train_size:,} Fashion-MNIST images, {cfg.epochs} x {cfg.epoch_size:,} "
                            f"images per run, a = {cfg.a}")
 

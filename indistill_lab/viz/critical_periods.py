@@ -123,24 +123,30 @@ def deficit_figure(first: ByProtocol, windows: ByProtocol, images_per_epoch: int
     return fig
 
 
+WARMUP_SERIES = (("same total images", "#1f77b4"), ("same PKT after the warm-up (longer runs)", "#ff7f0e"))
+
+
 def warmup_onset_figure(onsets: Mapping[int, PerSeed], control: PerSeed, images_per_epoch: int,
-                        metric: str = "mAP (e), %") -> go.Figure:
-    """Final `metric` per seed against the image at which InDistill's warm-up starts (`onsets`: onset epoch
-    -> {seed: value}), with the control (PKT alone) as a band over its seeds."""
+                        same_recovery: Mapping[int, PerSeed] | None = None, metric: str = "mAP (e), %") -> go.Figure:
+    """Final `metric` per seed against the image at which InDistill's warm-up starts (`onsets`: onset epoch ->
+    {seed: value}, every run equally long), optionally the same with as much PKT after the warm-up as at onset 0
+    (`same_recovery`), and the control (PKT alone) as a band over its seeds."""
     fig = go.Figure()
-    keys = sorted(onsets)
-    xs = [k * images_per_epoch for k in keys]
-    lo, hi = min(control.values()), max(control.values())
-    fig.add_hrect(y0=lo, y1=hi, fillcolor=_fill("#7f7f7f", 0.25), line_width=0)
+    fig.add_hrect(y0=min(control.values()), y1=max(control.values()), fillcolor=_fill("#7f7f7f", 0.25), line_width=0)
     fig.add_hline(y=_mean(list(control.values())), line=dict(color="#7f7f7f", dash="dash"),
                   annotation_text="PKT alone (band: seeds)", annotation_position="bottom right")
-    for s in sorted({s for k in keys for s in onsets[k]}):
-        fig.add_scatter(x=[x for x, k in zip(xs, keys) if s in onsets[k]], y=[onsets[k][s] for k in keys if s in onsets[k]],
-                        mode="markers+lines", line=dict(width=1, color="#1f77b4"), opacity=0.4, name=f"seed {s}")
-    fig.add_scatter(x=xs, y=[_mean(list(onsets[k].values())) for k in keys], mode="lines+markers",
-                    line=dict(color="#1f77b4", width=3), name="mean")
-    fig.update_layout(height=360, margin=dict(t=50, b=40), title="InDistill's warm-up started later, same total images",
-                      xaxis_title="images of PKT before the layer-by-layer warm-up", yaxis_title=metric)
+    for data, (label, color) in zip((onsets, same_recovery), WARMUP_SERIES):
+        if not data:
+            continue
+        keys = sorted(data)
+        xs = [k * images_per_epoch for k in keys]
+        fig.add_scatter(x=[x for k, x in zip(keys, xs) for _ in data[k]], y=[v for k in keys for v in data[k].values()],
+                        mode="markers", marker=dict(color=color, size=7, opacity=0.4), name=f"{label}: seeds")
+        fig.add_scatter(x=xs, y=[_mean(list(data[k].values())) for k in keys], mode="lines+markers",
+                        line=dict(color=color, width=3), name=f"{label}: mean")
+    fig.update_layout(height=380, margin=dict(t=50, b=40), title="InDistill's layer-by-layer warm-up, started later",
+                      xaxis_title="images of PKT before the warm-up", yaxis_title=metric,
+                      legend=dict(orientation="h", y=-0.25))
     return fig
 
 
@@ -184,24 +190,26 @@ def results_png(path: Path | str, fisher: Mapping[str, Curves], first: Mapping[i
 
 
 def warmup_onset_png(path: Path | str, onsets: Mapping[int, PerSeed], control: PerSeed, images_per_epoch: int,
-                     title: str = "") -> None:
-    """results/warmup-onset.png: final mAP per seed against the warm-up's onset, PKT alone as a band."""
+                     same_recovery: Mapping[int, PerSeed] | None = None, title: str = "") -> None:
+    """results/warmup-onset.png: `warmup_onset_figure`'s content with matplotlib."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    keys = sorted(onsets)
-    xs = [k * images_per_epoch for k in keys]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
     ax.axhspan(min(control.values()), max(control.values()), color="#7f7f7f", alpha=0.25, label="PKT alone (seeds)")
-    for k, x in zip(keys, xs):
-        ax.scatter([x] * len(onsets[k]), list(onsets[k].values()), color="#1f77b4", alpha=0.4)
-    ax.plot(xs, [_mean(list(onsets[k].values())) for k in keys], color="#1f77b4", lw=2, marker="o",
-            label="warm-up, mean of seeds")
-    ax.set(xlabel="images of PKT before the layer-by-layer warm-up", ylabel="mAP (e), %")
+    for data, (label, color) in zip((onsets, same_recovery), WARMUP_SERIES):
+        if not data:
+            continue
+        keys = sorted(data)
+        xs = [k * images_per_epoch for k in keys]
+        for k, x in zip(keys, xs):
+            ax.scatter([x] * len(data[k]), list(data[k].values()), color=color, alpha=0.4)
+        ax.plot(xs, [_mean(list(data[k].values())) for k in keys], color=color, lw=2, marker="o", label=label)
+    ax.set(xlabel="images of PKT before the warm-up", ylabel="mAP (e), %")
     ax.set_title(title, fontsize=9)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
