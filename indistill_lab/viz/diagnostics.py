@@ -228,7 +228,8 @@ class FlowExplorer(Explorer):
 
     `models`: name -> model (e.g. teacher, pruned teacher, student). `kept`: name -> `PruneReport.kept`
     for pruned models, so their channels are labelled by the unpruned teacher's indices (a channel
-    that keeps its number is the same channel).
+    that keeps its number is the same channel). What is shown is kept readable: `flows` (name ->
+    `FlowResult.to_dict()`, pruned models in unpruned indices) and `probabilities` (name -> p(class | image)).
     """
 
     def __init__(self, models: dict[str, Any], images: Any, kept: dict[str, dict[str, list[int]]] | None = None,
@@ -244,7 +245,8 @@ class FlowExplorer(Explorer):
                                       description="image")
         self.target = widgets.Dropdown(options=[(c, k) for k, c in enumerate(classes)], description="class")
         self.target.value = int(images.y[0])
-        self.sankey = SyncedFigure(flow_figure(self._flows()))
+        self.flows = self._flows()
+        self.sankey = SyncedFigure(flow_figure(self.flows))
         self.maps = SyncedFigure(attribution_maps_figure(*self._maps()))
         self.status = widgets.HTML()
         self._describe()
@@ -280,12 +282,14 @@ class FlowExplorer(Explorer):
 
         x = self.images.x[self.image.value].unsqueeze(0)
         with torch.no_grad():
-            probs = {n: float(m(x).softmax(1)[0, self.target.value]) for n, m in self.models.items()}
-        self.status.value = "p(class | image): " + ", ".join(f"{n} <b>{p:.2f}</b>" for n, p in probs.items())
+            self.probabilities = {n: float(m(x).softmax(1)[0, self.target.value]) for n, m in self.models.items()}
+        shown = ", ".join(f"{n} <b>{p:.2f}</b>" for n, p in self.probabilities.items())
+        self.status.value = "p(class | image): " + shown
 
     def update(self) -> None:
         """Recompute paths and maps for the chosen image and class (a few seconds on a CPU)."""
-        fresh_sankey, fresh_maps = flow_figure(self._flows()), attribution_maps_figure(*self._maps())
+        self.flows = self._flows()
+        fresh_sankey, fresh_maps = flow_figure(self.flows), attribution_maps_figure(*self._maps())
         with self.sankey.batch_update():
             for old, new in zip(self.sankey.data, fresh_sankey.data):
                 old.node, old.link = new.node, new.link
