@@ -99,9 +99,10 @@ class RunConfig:
     def lr_schedule(self) -> dict[int, float]:
         return {self.lr_drop_epoch: self.lr_low} if self.lr_drop_epoch < self.epochs else {}
 
-    def digest(self) -> str:
-        """A short hash of the configuration (seed excluded): rows with the same digest are comparable."""
-        key = {**asdict(self), "quick": quick_mode()}  # quick mode shrinks the data: never the same results
+    def digest(self, quick: bool | None = None) -> str:
+        """A short hash of the configuration (seed excluded): rows with the same digest are comparable. It
+        includes quick mode (`quick`, default: the current mode), which shrinks the data."""
+        key = {**asdict(self), "quick": quick_mode() if quick is None else quick}
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
 
     @classmethod

@@ -163,12 +163,13 @@ class Results:
             raise KeyError(f"No run {key} (protocol, deficit start, deficit epochs, total epochs, seed) in the rows.")
         return self.runs[key]
 
-    def accuracy(self, protocol: str, start: int, epochs: int, total: int, after: int | None = None) -> dict[int, float]:
+    def accuracy(self, protocol: str, start: int, epochs: int, total: int,
+                 after: int | None = None) -> dict[int, float]:
         """Clean test accuracy (%) per seed after `after` epochs (default: all) of one condition."""
         at = total if after is None else after
         return {s: 100 * float(next(r["val_acc"] for r in self.run(protocol, start, epochs, total, s)
-                                    if r["epoch"] == at)) for s in self.seeds if (protocol, start, epochs, total, s)
-                in self.runs}
+                                    if r["epoch"] == at))
+                for s in self.seeds if (protocol, start, epochs, total, s) in self.runs}
 
     def val_curve(self, protocol: str, start: int, epochs: int, total: int, upto: int | None = None) -> list[float]:
         """Mean over seeds of the clean test accuracy after each epoch 1..`upto` (default: all)."""
