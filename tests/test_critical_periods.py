@@ -7,13 +7,12 @@ import torch
 from indistill_lab.critical_periods import (PROTOCOLS, DeficitObjective, blur, critical_period, decaying_lr,
                                             deficit_run, protocol_named)
 from indistill_lab.curriculum import Curriculum, Term
-from indistill_lab.data import DATASETS, Split
+from indistill_lab.data import DATASETS, Loader, Split
 from indistill_lab.experiments.critical_periods import Grid
 from indistill_lab.experiments.warmup_onset import delayed
 from indistill_lab.fisher import FisherTraceCallback
 from indistill_lab.models import ConvNet
 from indistill_lab.train import Trainer
-from indistill_lab.data import Loader
 
 
 def test_blur_keeps_flat_images_and_removes_fine_detail():

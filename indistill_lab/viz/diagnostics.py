@@ -1,5 +1,5 @@
-"""Figures and widgets of the diagnostics notebooks: Fisher traces and deficits (04), information-flow
-paths (03), per-layer distillation difficulty (05)."""
+"""Figures and widgets of the diagnostics notebooks: deficits (04; its Fisher figures are in
+`viz.critical_periods`), information-flow paths (03), per-layer distillation difficulty (05)."""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -16,31 +16,11 @@ DEFICIT_FILL = "rgba(120, 120, 120, 0.18)"
 
 # -- critical learning periods (notebook 04) ------------------------------------------------------
 
-def fisher_figure(run: dict[str, Any], height: int = 380) -> go.Figure:
-    """Per-layer Fisher trace over training (log scale; left) next to the validation accuracy (right).
-
-    `run` is the output of `critical_periods.fisher_over_training`.
-    """
-    fig = make_subplots(rows=1, cols=2, column_widths=[0.68, 0.32],
-                        subplot_titles=("trace of the Fisher information, per layer", "clean test accuracy"))
-    for i, (layer, values) in enumerate(run["trace"].items()):
-        fig.add_scatter(x=run["epoch"], y=values, name=layer, mode="lines", row=1, col=1,
-                        line=dict(color=PALETTE[i % len(PALETTE)]))
-    fig.add_scatter(x=run["epoch"], y=run["total"], name="total", mode="lines", row=1, col=1,
-                    line=dict(color="black", width=3, dash="dot"))
-    fig.add_scatter(x=list(range(1, len(run["val_acc"]) + 1)), y=run["val_acc"], name="test accuracy",
-                    mode="lines+markers", row=1, col=2, line=dict(color="#444"), showlegend=False)
-    fig.update_yaxes(type="log", title_text="tr F (sum over the layer's weights)", row=1, col=1)
-    fig.update_xaxes(title_text="epoch", row=1, col=1)
-    fig.update_xaxes(title_text="epoch", row=1, col=2)
-    fig.update_layout(height=height, margin=dict(t=50, b=40))
-    return fig
-
-
 class DeficitExplorer(Explorer):
     """Slider over the deficit length N: final accuracy vs N (left), the chosen run's curve (right).
 
-    `sweep` is the output of `critical_periods.deficit_sweep`. With `rerun` (N -> a new run dict),
+    `sweep` is {"runs": [{"deficit_epochs", "final_acc", "val_acc" (after each epoch)}]}, e.g.
+    `experiments.critical_periods.Results().deficit_sweep()`. With `rerun` (N -> a new run dict),
     a button trains that run afresh and replaces the stored one in the figure.
     """
 
