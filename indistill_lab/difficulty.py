@@ -1,11 +1,12 @@
-"""Per-layer distillation difficulty: one table of measures on comparable scales, and one rule from it to a curriculum.
+"""Per-layer distillation difficulty: one table of measures on comparable scales, and one rule to a curriculum.
 
 For each aligned (teacher layer, student layer) pair, with the student at its initialisation:
 
 - `nmse`, the **variance-normalised MSE at the start**: mean((s - t)^2) / var(t), the direct loss InDistill
   minimises in units of the target's own spread (1 = as far as predicting the target's mean everywhere). Scaling
-  a layer's features by any factor leaves it unchanged; the raw MSE would scale with the factor squared, so raw
-  MSEs of layers of different scales cannot be compared.
+  both sides of a pair by one factor leaves it unchanged; the raw MSE scales with the factor squared, so raw
+  MSEs of layers of different scales cannot be compared. (A fresh student's features are small, its BatchNorms
+  holding running statistics 0 and 1, so at the start nMSE largely reflects the teacher's features.)
 - `one_minus_cka`, **1 - linear CKA at the start** (`alignment.linear_cka`): how dissimilar the representations are
   up to rotation and scale (0 = the same up to those).
 - `steps`, the **optimizer steps until the held-out loss falls to `fraction` of its start** when that pair is
@@ -16,9 +17,10 @@ For each aligned (teacher layer, student layer) pair, with the student at its in
 **The rule** (`curriculum_from_table`, `RULE`): the layer phases split an epoch budget in proportion to `nmse`,
 after one epoch each (largest remainders round; `curriculum.allocate_epochs`), shallow to deep, one layer at a
 time. It uses `nmse` because it is defined for every layer before any training (never censored, no probe run),
-it is comparable across layers, and it is the quantity a phase reduces. `layer_difficulty` computes the same
-measure from one batch, for runs that build their curriculum on the fly (the `indistill-difficulty` method,
-notebook 06's editor); the other two columns are there to check it against.
+it is comparable across layers, and it is the quantity a phase reduces; on the kit's networks it does not predict
+the steps column (notebook 05). `layer_difficulty` computes the same measure from one batch, for runs that build
+their curriculum on the fly (the `indistill-difficulty` method, notebook 06's editor); the other two columns are
+there to check it against.
 
     table = difficulty_table(pruned_auxiliary, student, pairs, train, probe_x)
     print(table_text(table))                                  # censored values read ">= n"

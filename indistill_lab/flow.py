@@ -243,6 +243,10 @@ def path_survival(model: nn.Module, kept_by_criterion: Mapping[str, Mapping[str,
 def path_channels(paths: Sequence[tuple[Sequence[int], float]], layers: Sequence[FlowLayer]) -> dict[str, list[int]]:
     """The channels that `paths` pass through, per block: conv path -> sorted channel indices (the form
     `channels_zeroed` and `PruneReport.kept` use)."""
+    wrong = [list(channels) for channels, _ in paths if len(channels) != len(layers)]
+    if wrong:
+        raise ValueError(f"Paths must name one channel per block ({len(layers)} blocks), got {wrong[:3]}; pass the "
+                         "paths and the layers of the same model.")
     return {layer.conv: sorted({int(channels[l]) for channels, _ in paths}) for l, layer in enumerate(layers)}
 
 
@@ -297,14 +301,20 @@ def class_score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: int)
     classified as `target` ("accuracy") and the accuracy on the other classes' images ("others")."""
     if len(x) != len(y):
         raise ValueError(f"{len(x)} inputs but {len(y)} labels; give one label per input.")
-    own = y == target
-    if not own.any() or own.all():
-        raise ValueError(f"Give images of class {target} and of other classes (got {int(own.sum())} of {len(y)}).")
+    own = _own_class(y, target)
     with eval_mode(model):
         logits = model(x)
     predicted = logits.argmax(dim=1)
     return {"logit": float(logits[own, target].mean()), "accuracy": float((predicted[own] == target).float().mean()),
             "others": float((predicted[~own] == y[~own]).float().mean())}
+
+
+def _own_class(y: torch.Tensor, target: int) -> torch.Tensor:
+    """The mask of labels equal to `target`; an error unless both the class and other classes are present."""
+    own = y == target
+    if not own.any() or own.all():
+        raise ValueError(f"Give images of class {target} and of other classes (got {int(own.sum())} of {len(y)}).")
+    return own
 
 
 def ablation_check(model: nn.Module, select_x: torch.Tensor, eval_x: torch.Tensor, eval_y: torch.Tensor, target: int,
@@ -319,6 +329,7 @@ def ablation_check(model: nn.Module, select_x: torch.Tensor, eval_x: torch.Tenso
     and accuracy far more than "random", and "lowest" hardly at all."""
     if draws < 1:
         raise ValueError(f"draws must be >= 1 (random control sets), got {draws}.")
+    _own_class(eval_y, target)  # fails before the attributions are computed
     layers = flow_layers(model)
     attributions = class_attributions(model, select_x, target, layers, n_steps)
     paths = top_paths(attributions, connection_strength(model, layers), n_paths)

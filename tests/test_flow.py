@@ -179,6 +179,10 @@ def test_ablation_inputs_are_checked():
         net.conv2.weight.fill_(1.0)  # now every channel carries class 0: no channels are left for a control set
     with pytest.raises(ValueError, match="leaving too few"):
         ablation_check(net, x[:4], x, y, target=0, n_paths=9, n_steps=4)
+    with pytest.raises(ValueError, match="one channel per block"):
+        path_channels([((0, 1, 2), 1.0)], flow_layers(net))
+    with pytest.raises(ValueError, match="images of class 2 and of other classes"):
+        ablation_check(net, x[:4], x, y, target=2, n_paths=1, n_steps=4)
     with pytest.raises(ValueError, match="No paths given"):
         busiest_channels([], flow_layers(net))
     with pytest.raises(ValueError, match="non-empty batch"):
