@@ -92,3 +92,28 @@ def test_soft_targets_are_distributions_that_flatten_as_t_grows():
 def test_soft_targets_bad_input_says_what_to_change(logits, temperatures, names, titles, words):
     with pytest.raises(ValueError, match=words):
         soft_targets_figure(logits, temperatures, names, titles)
+
+
+def test_temperature_explorer_draws_softmax_at_the_sliders_t_and_reads_it_out():
+    from indistill_lab.viz.primer import TemperatureExplorer, entropy_share, soft_targets
+    logits = torch.tensor([[4.0, 1.0, 0.0, -1.0, -3.0], [0.0, 6.0, 2.0, 0.0, 0.0]])
+    explorer = TemperatureExplorer(logits, CLASSES, ["first", "second"], temperature=1.0)
+    bars = [t for t in explorer.figure.data if t.type == "bar"]
+    assert list(bars[1].y) == pytest.approx(torch.softmax(logits[1], 0).tolist())
+    low = entropy_share(soft_targets(logits, 1.0))
+    explorer.temperature.value = 10.0
+    assert list(bars[0].y) == pytest.approx(torch.softmax(logits[0] / 10, 0).tolist())
+    high = entropy_share(soft_targets(logits, 10.0))
+    assert (high > low).all() and (high < 1).all()
+    assert "T = 10" in explorer.figure.layout.title.text
+    assert f"{float(high[1]):.0%} of uniform" in explorer.status.value and "<b>second</b>: c1" in explorer.status.value
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(temperature=100.0), "t_min <= temperature <= t_max"),
+    (dict(t_min=0.0), "0 < t_min"),
+])
+def test_temperature_explorer_bad_range_says_what_to_change(kwargs, words):
+    from indistill_lab.viz.primer import TemperatureExplorer
+    with pytest.raises(ValueError, match=words):
+        TemperatureExplorer(torch.zeros(1, 5), CLASSES, ["x"], **kwargs)

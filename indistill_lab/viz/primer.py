@@ -1,24 +1,24 @@
-"""Figures of the distillation primer (notebook 00): a teacher's soft targets at several temperatures, and
-the InDistill pipeline drawn as boxes and arrows."""
+"""Figures of the distillation primer (notebook 00): a teacher's soft targets at several temperatures, a
+temperature slider over them, and the InDistill pipeline drawn as boxes and arrows."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
+import ipywidgets as widgets
 import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
+from .common import Explorer, SyncedFigure
+
 TEMPERATURE_COLOURS = ("#9ecae1", "#4292c6", "#08306b", "#6baed6", "#2171b5", "#c6dbef")
 
 
-def soft_targets_figure(logits: torch.Tensor, temperatures: Sequence[float], class_names: Sequence[str],
-                        titles: Sequence[str]) -> go.Figure:
-    """One panel per image: softmax(logits / T) over the classes, one bar colour per temperature.
-
-    Shows what Hinton's soft targets are: at T = 1 nearly all mass sits on one class; a higher T spreads it
-    over the classes the teacher finds similar ("dark knowledge").
-    """
+def _check_soft_target_inputs(logits: torch.Tensor, temperatures: Sequence[float], class_names: Sequence[str],
+                              titles: Sequence[str]) -> None:
+    """Raise a ValueError that says what to pass when the logits, names, titles or temperatures do not fit."""
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
         raise ValueError(f"logits must be a 2-D tensor (images, classes), got "
                          f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}.")
@@ -30,10 +30,29 @@ def soft_targets_figure(logits: torch.Tensor, temperatures: Sequence[float], cla
     if not temperatures or any(not t > 0 for t in temperatures):
         raise ValueError(f"temperatures must be a non-empty list of numbers > 0 (T divides the logits), "
                          f"got {list(temperatures)}.")
+
+
+def soft_targets(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """softmax(logits / T) per row, in float64 (so that a 1e-6 share at T = 1 is not rounded away)."""
+    return torch.softmax(logits.detach().double() / temperature, dim=1)
+
+
+def entropy_share(probs: torch.Tensor) -> torch.Tensor:
+    """Each row's entropy as a share of the uniform distribution's, ln(classes): 0 one-hot, 1 uniform."""
+    return -(probs * probs.clamp_min(1e-300).log()).sum(dim=1) / math.log(probs.shape[1])
+
+
+def soft_targets_figure(logits: torch.Tensor, temperatures: Sequence[float], class_names: Sequence[str],
+                        titles: Sequence[str]) -> go.Figure:
+    """One panel per image: softmax(logits / T) over the classes, one bar colour per temperature.
+
+    Shows what Hinton's soft targets are: at T = 1 nearly all mass sits on one class; a higher T spreads it
+    over the classes the teacher finds similar ("dark knowledge").
+    """
+    _check_soft_target_inputs(logits, temperatures, class_names, titles)
     fig = make_subplots(rows=len(titles), cols=1, subplot_titles=list(titles), vertical_spacing=0.3 / len(titles))
     for k, temperature in enumerate(temperatures):
-        probs = torch.softmax(logits.detach().double() / temperature, dim=1)
-        for i, row in enumerate(probs.tolist()):
+        for i, row in enumerate(soft_targets(logits, temperature).tolist()):
             fig.add_bar(x=list(class_names), y=row, name=f"T = {temperature:g}", legendgroup=str(k),
                         showlegend=i == 0, marker_color=TEMPERATURE_COLOURS[k % len(TEMPERATURE_COLOURS)],
                         hovertemplate="%{x}: %{y:.3f}<extra>T = " + f"{temperature:g}</extra>", row=i + 1, col=1)
@@ -42,6 +61,57 @@ def soft_targets_figure(logits: torch.Tensor, temperatures: Sequence[float], cla
                       title="the teacher's soft targets: softmax(logits / T)",
                       legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"))
     return fig
+
+
+class TemperatureExplorer(Explorer):
+    """A temperature slider over the teacher's soft targets: one bar chart per image, softmax(logits / T), a
+    dashed line at the uniform share 1 / classes, and a line per image with its top class's probability, the
+    runner-up classes and the entropy as a share of the uniform one."""
+
+    def __init__(self, logits: torch.Tensor, class_names: Sequence[str], titles: Sequence[str],
+                 temperature: float = 4.0, t_min: float = 0.5, t_max: float = 50.0) -> None:
+        if not 0 < t_min <= temperature <= t_max:
+            raise ValueError(f"Need 0 < t_min <= temperature <= t_max, got {t_min}, {temperature}, {t_max}: the "
+                             "slider starts at `temperature` inside its range.")
+        _check_soft_target_inputs(logits, [temperature], class_names, titles)
+        self.logits, self.class_names, self.titles = logits.detach(), list(class_names), list(titles)
+        self.temperature = widgets.FloatLogSlider(value=temperature, base=10, min=math.log10(t_min),
+                                                  max=math.log10(t_max), step=0.05, readout_format=".3g",
+                                                  description="T", continuous_update=False,
+                                                  layout=widgets.Layout(width="420px"))
+        self.status = widgets.HTML()
+        rows = len(self.titles)
+        self.figure = SyncedFigure(make_subplots(rows=rows, cols=1, subplot_titles=self.titles,
+                                                 vertical_spacing=0.3 / rows))
+        for i in range(rows):
+            self.figure.add_bar(x=self.class_names, y=[0.0] * len(self.class_names), showlegend=False,
+                                marker_color=TEMPERATURE_COLOURS[2], name=self.titles[i],
+                                hovertemplate="%{x}: %{y:.3f}<extra></extra>", row=i + 1, col=1)
+            self.figure.add_hline(y=1 / len(self.class_names), line=dict(dash="dash", color="#999999", width=1),
+                                  row=i + 1, col=1)
+        self.figure.update_yaxes(range=[0, 1], title_text="probability")
+        self.figure.update_layout(height=70 + 200 * rows, margin=dict(t=60, b=30))
+        self.temperature.observe(lambda _change: self.update(), names="value")
+        self.update()
+
+    def update(self) -> None:
+        """Redraw the bars and the readout for the slider's temperature."""
+        t = float(self.temperature.value)
+        probs = soft_targets(self.logits, t)
+        shares = entropy_share(probs)
+        lines = []
+        with self.figure.batch_update():
+            self.figure.layout.title.text = f"softmax(logits / T) at T = {t:.3g} (dashed: uniform, 1/{probs.shape[1]})"
+            for i, (title, row) in enumerate(zip(self.titles, probs)):
+                self.figure.data[i].y = row.tolist()
+                top = row.topk(min(3, len(row)))
+                ranked = ", ".join(f"{self.class_names[j]} {p:.3f}" for p, j in zip(top.values.tolist(),
+                                                                                       top.indices.tolist()))
+                lines.append(f"<b>{title}</b>: {ranked}; entropy {float(shares[i]):.0%} of uniform")
+        self.status.value = "<br>".join(lines)
+
+    def layout(self) -> widgets.Widget:
+        return widgets.VBox([self.temperature, self.status, self.figure])
 
 
 @dataclass(frozen=True)
