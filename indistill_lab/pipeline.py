@@ -254,11 +254,16 @@ class Prepared:
     pruned: nn.Module
     prune_report: Any
     sources: Sources
-    """Layers named 'teacher.*', 'aux.*', 'pruned.*', 'kept.*', 'reference.*', 'tuned.*'."""
+    """Layers named 'teacher.*', 'aux.*', 'pruned.*', 'kept.*', 'reference.*' and (unless `prepare` skipped
+    the fine-tune) 'tuned.*'."""
 
 
-def prepare(cfg: RunConfig, progress: bool = False, log: Callable[[str], None] = print) -> Prepared:
-    """Run the pipeline's shared stages once: teacher -> PKT auxiliary -> pruned auxiliary (and its variants)."""
+def prepare(cfg: RunConfig, progress: bool = False, log: Callable[[str], None] = print,
+            finetune: bool = True) -> Prepared:
+    """Run the pipeline's shared stages once: teacher -> PKT auxiliary -> pruned auxiliary (and its variants).
+
+    `finetune=False` skips the pruned auxiliary's PKT fine-tune (the 'tuned' source, ~30 s at the paper's
+    protocol), for runs whose methods do not read it (`runs.needs_finetune`)."""
     train, test = load_data(cfg)
     t0 = time.perf_counter()
     teacher = load_teacher(cfg, train, progress)
@@ -270,8 +275,10 @@ def prepare(cfg: RunConfig, progress: bool = False, log: Callable[[str], None] =
     variants: dict[str, nn.Module] = {"kept": KeptChannels.from_report(aux, report)}
     if aux.convs_per_stage == 1:
         variants["reference"] = ReferenceTargets.from_report(aux, report)
-    variants["tuned"] = finetune_pruned(pruned, teacher, cfg, train)
-    log(f"pruned auxiliary fine-tuned with PKT for {cfg.finetune_epochs} epoch(s) ({time.perf_counter() - t0:.0f} s)")
+    if finetune:
+        variants["tuned"] = finetune_pruned(pruned, teacher, cfg, train)
+        log(f"pruned auxiliary fine-tuned with PKT for {cfg.finetune_epochs} epoch(s) "
+            f"({time.perf_counter() - t0:.0f} s)")
     sources = Sources(teacher=teacher, aux=aux, pruned=pruned, **variants)
     return Prepared(train, test, teacher, aux, pruned, report, sources)
 

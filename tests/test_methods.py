@@ -175,3 +175,21 @@ def test_adam_state_at_the_switch_is_fresh_under_reset_policies_and_stale_when_k
     assert all(r["adam_steps"] > 1 for r in conv_rows)  # the MSE phases' steps are still in the state
     for r in fresh:  # one step after a reset, bias-corrected v is exactly g^2
         assert r["adam_steps"] == 1 and r["ratio"] == pytest.approx(1.0, rel=1e-4)
+
+
+def test_prepare_skips_the_fine_tune_only_when_no_method_reads_it(tiny_prep):
+    from indistill_lab.experiments.runs import needs_finetune
+    assert needs_finetune(["indistill-finetuned"]) and needs_finetune(["pkt", get_method("indistill-finetuned")])
+    assert not needs_finetune(["student-ce", "hinton-kd", "pkt", "fitnets", "indistill-paper", "indistill-reference",
+                               "indistill-kd"])
+    cfg, full = tiny_prep
+    assert "tuned" in dict(full.sources.named_children())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("INDISTILL_QUICK", "1")
+        lean = prepare(cfg, log=lambda m: None, finetune=False)
+    assert "tuned" not in dict(lean.sources.named_children())
+    x = lean.train.x[:4]
+    assert torch.equal(lean.sources.features(x, ["reference.stage2"])["reference.stage2"],
+                       full.sources.features(x, ["reference.stage2"])["reference.stage2"])
+    with pytest.raises(KeyError, match="one of teacher, aux, pruned, kept, reference"):
+        lean.sources.features(x, ["tuned.stage1"])

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..config import QUICK_ENV, quick_mode
 from ..pipeline import Prepared, RunConfig, prepare
-from .runs import Session, shared_cache
+from .runs import Session, needs_finetune, shared_cache
 
 
 _RAY_SESSION: Session | None = None
@@ -21,11 +21,11 @@ def _ray_log(message: str) -> None:
     print(f"[ray worker {os.getpid()}] {message}", flush=True)
 
 
-def _ray_prepare(cfg: RunConfig, quick: bool) -> Prepared:
+def _ray_prepare(cfg: RunConfig, quick: bool, methods: Sequence[str]) -> Prepared:
     """The shared stages, built once for the whole cluster by one Ray task (the driver's quick mode)."""
     os.environ[QUICK_ENV] = "1" if quick else ""
     torch.set_num_threads(1)
-    return prepare(cfg, log=_ray_log)
+    return prepare(cfg, log=_ray_log, finetune=needs_finetune(methods))
 
 
 def _ray_task(cfg: RunConfig, methods: Sequence[str], method: str, seed: int, quick: bool,
@@ -64,7 +64,7 @@ def ray_runs(cfg: RunConfig, methods: Sequence[str], todo: Sequence[tuple[str, i
     try:
         resources = ray.cluster_resources()
         gpus = 1 if resources.get("GPU", 0) >= 1 else 0
-        prep = ray.remote(_ray_prepare).options(num_cpus=1, num_gpus=gpus).remote(cfg, quick_mode())
+        prep = ray.remote(_ray_prepare).options(num_cpus=1, num_gpus=gpus).remote(cfg, quick_mode(), list(methods))
         task = ray.remote(_ray_task).options(num_cpus=1, num_gpus=gpus)
         log(f"ray: {len(todo)} task(s) of 1 {'GPU' if gpus else 'CPU'} each on a cluster of "
             f"{resources.get('CPU', 0):.0f} CPUs, {resources.get('GPU', 0):.0f} GPUs")

@@ -33,6 +33,12 @@ def run_method(method: str | Method, prep: Prepared, cfg: RunConfig, seed: int, 
             "wall_seconds": round(done - start, 1), "phases": json.dumps(trained.phases)}, trained.student
 
 
+def needs_finetune(methods: Sequence[str | Method]) -> bool:
+    """Whether any of the methods reads the fine-tuned pruned auxiliary (the 'tuned' source of `prepare`)."""
+    recipes = [m if isinstance(m, Method) else get_method(m) for m in methods]
+    return any(getattr(r, "targets_from", None) == "tuned" for r in recipes)
+
+
 def shared_cache(prep: Prepared, cfg: RunConfig, methods: Sequence[str]) -> FeatureCache | None:
     """Every listed method's targets computed once, up front (None when the configuration disables it)."""
     if not cfg.cache:
@@ -56,7 +62,7 @@ class Session:
         """The shared stages and every method's targets (once)."""
         if self.prep is not None:
             return
-        self.prep = prepare(self.cfg, log=self.log)
+        self.prep = prepare(self.cfg, log=self.log, finetune=needs_finetune(self.methods))
         t0 = time.perf_counter()
         self.cache = shared_cache(self.prep, self.cfg, self.methods)
         if self.cache is not None:
