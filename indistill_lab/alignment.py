@@ -157,6 +157,19 @@ def _unbiased_hsic(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
     return ((trace + middle - last) / (n * (n - 3))).squeeze()
 
 
+def _gram(z: torch.Tensor, side: str) -> tuple[torch.Tensor, bool]:
+    """The linear Gram matrix of a batch of features (flattened, float64) and whether its rows differ.
+
+    A batch whose rows are all equal carries no similarity structure: its HSIC is exactly 0 (rounding
+    would leave ~1e-9 and a meaningless CKA), so callers skip it.
+    """
+    z = z.detach().flatten(1).double()
+    if not torch.isfinite(z).all():
+        raise ValueError(f"CKA: the {side} representation contains NaN or infinite values (a diverged "
+                         "model?); CKA needs finite features.")
+    return z @ z.T, bool((z != z[0]).any())
+
+
 class MinibatchCKA:
     """Linear CKA accumulated over minibatches: sum HSIC(K, L) / sqrt(sum HSIC(K, K) * sum HSIC(L, L)).
 
@@ -178,22 +191,20 @@ class MinibatchCKA:
             raise ValueError(f"CKA needs the same examples on both sides: got {x.shape[0]} and {y.shape[0]} rows.")
         if x.shape[0] < 4:
             raise ValueError(f"Unbiased HSIC needs at least 4 examples per batch, got {x.shape[0]}.")
-        x = x.detach().flatten(1).double()
-        y = y.detach().flatten(1).double()
-        for side, z in (("first", x), ("second", y)):
-            if not torch.isfinite(z).all():
-                raise ValueError(f"CKA: the {side} representation contains NaN or infinite values (a diverged "
-                                 "model?); CKA needs finite features.")
-        # A batch whose rows are all equal carries no similarity structure: HSIC is exactly 0 (rounding
-        # would leave ~1e-9 and a meaningless CKA).
-        x_varies, y_varies = bool((x != x[0]).any()), bool((y != y[0]).any())
-        k, l = x @ x.T, y @ y.T
+        k, x_varies = _gram(x, "first")
+        l, y_varies = _gram(y, "second")
+        self.add(k, l, x_varies, y_varies)
+
+    def add(self, k: torch.Tensor, l: torch.Tensor, x_varies: bool = True, y_varies: bool = True,
+            kk: float | None = None, ll: float | None = None) -> None:
+        """Add one batch given its Gram matrices (from `_gram`); `kk`/`ll` pass self-HSICs already computed
+        (`cka_matrix` computes each layer's once per batch, not once per pair)."""
         if x_varies and y_varies:
             self.kl += float(_unbiased_hsic(k, l))
         if x_varies:
-            self.kk += float(_unbiased_hsic(k, k))
+            self.kk += float(_unbiased_hsic(k, k)) if kk is None else kk
         if y_varies:
-            self.ll += float(_unbiased_hsic(l, l))
+            self.ll += float(_unbiased_hsic(l, l)) if ll is None else ll
 
     def value(self) -> float:
         if self.kk <= 0 or self.ll <= 0:
@@ -244,7 +255,13 @@ def cka_matrix(
                 teacher(x.to(device_t))
             with Taps(student, student_paths, detach=True) as st:
                 student(x.to(device_s))
-            for i, tp_ in enumerate(teacher_paths):
-                for j, sp in enumerate(student_paths):
-                    cells[i][j].update(tt[tp_].cpu(), st[sp].cpu())
+            rows = [_gram(tt[p].cpu(), "teacher") for p in teacher_paths]
+            cols = [_gram(st[p].cpu(), "student") for p in student_paths]
+            if rows and cols and rows[0][0].shape[0] < 4:
+                raise ValueError(f"Unbiased HSIC needs at least 4 examples per batch, got {rows[0][0].shape[0]}.")
+            row_self = [float(_unbiased_hsic(k, k)) if varies else 0.0 for k, varies in rows]
+            col_self = [float(_unbiased_hsic(l, l)) if varies else 0.0 for l, varies in cols]
+            for i, (k, k_varies) in enumerate(rows):
+                for j, (l, l_varies) in enumerate(cols):
+                    cells[i][j].add(k, l, k_varies, l_varies, row_self[i], col_self[j])
     return torch.tensor([[c.value() for c in row] for row in cells])

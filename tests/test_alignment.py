@@ -103,3 +103,19 @@ def test_cka_matrix_of_a_model_with_itself_has_unit_diagonal() -> None:
     assert m.shape == (3, 4)
     assert torch.allclose(m.diagonal(), torch.ones(3, dtype=m.dtype), atol=1e-9)
     assert (m[:, :3] <= 1 + 1e-9).all()
+
+
+def test_cka_matrix_equals_pairwise_minibatch_cka() -> None:
+    """Each cell is the minibatch CKA of its two layers' taps (the self-HSICs are shared between cells)."""
+    from indistill_lab.taps import features
+    torch.manual_seed(1)
+    teacher, student = build_model("teacher").eval(), build_model("student").eval()
+    batches = [torch.randn(12, *SHAPE) for _ in range(3)]
+    m = cka_matrix(teacher, student, teacher.stage_paths, student.stage_paths, batches)
+    for i, tp in enumerate(teacher.stage_paths):
+        for j, sp in enumerate(student.stage_paths):
+            cka = MinibatchCKA()
+            with torch.no_grad():
+                for x in batches:
+                    cka.update(features(teacher, x, [tp])[tp], features(student, x, [sp])[sp])
+            assert m[i, j].item() == pytest.approx(cka.value(), rel=1e-6)  # the matrix is float32
