@@ -247,3 +247,14 @@ def test_worker_processes_give_the_rows_of_a_sequential_run(tmp_path):
         reproduce(cfg, seeds=[], results_dir=tmp_path, log=lambda m: None)
     with pytest.raises(ValueError, match="workers must be >= 1"):
         reproduce(cfg, seeds=[0], workers=0, results_dir=tmp_path, log=lambda m: None)
+
+
+def test_measured_projection_costs_each_run_at_its_methods_mean_wall_time():
+    from indistill_lab.experiments.reproduce import measured_projection
+    rows = [{"method": "pkt", "seed": 0, "wall_seconds": 1000.0}, {"method": "pkt", "seed": 1, "wall_seconds": 1400.0},
+            {"method": "student-ce", "seed": 0, "wall_seconds": 600.0}]
+    # pkt: 1200 s; student-ce: 600 s; fitnets (not run yet): the mean of all rows, 1000 s; two workers.
+    text = measured_projection(rows, [("pkt", 2), ("student-ce", 1), ("fitnets", 0)], workers=2)
+    assert text.endswith(f"= {(1200 + 600 + 1000) / 2 / 3600:.2f} h") and "3 finished run(s)" in text
+    assert measured_projection(rows, [("pkt", 2)], workers=4).endswith(f"/ 1 worker(s) = {1200 / 3600:.2f} h")
+    assert measured_projection([], [("pkt", 0)], workers=1) == ""

@@ -97,6 +97,22 @@ def projection(cfg: RunConfig, runs: int, workers: int, train_size: int) -> str:
             f"/ {min(workers, runs)} worker(s) = {hours:.2f} h of training (plus evaluation)")
 
 
+def measured_projection(rows: Sequence[Mapping[str, Any]], todo: Sequence[tuple[str, int]], workers: int) -> str:
+    """The remaining runs' time from this configuration's finished rows: each run costs its method's mean
+    `wall_seconds` so far (the mean over all rows for a method not run yet), summed and shared by the
+    workers. Unlike `projection` it includes distillation's dearer steps, evaluation and the slowdown of
+    workers sharing memory bandwidth, as they were when those rows ran."""
+    seconds: dict[str, list[float]] = {}
+    for row in rows:
+        seconds.setdefault(row["method"], []).append(float(row["wall_seconds"]))
+    if not seconds or not todo:
+        return ""
+    overall = sum(map(sum, seconds.values())) / sum(map(len, seconds.values()))
+    total = sum(sum(seconds[m]) / len(seconds[m]) if m in seconds else overall for m, _ in todo)
+    return (f"from the {len(rows)} finished run(s) of this config: {len(todo)} runs x their method's mean wall "
+            f"time / {min(workers, len(todo))} worker(s) = {total / min(workers, len(todo)) / 3600:.2f} h")
+
+
 def results_name(cfg: RunConfig) -> str:
     """'<dataset>' for the default configuration outside quick mode, '<dataset>-<digest>' otherwise."""
     default = cfg == RunConfig(dataset=cfg.dataset) and not quick_mode()
@@ -129,7 +145,8 @@ def reproduce(cfg: RunConfig, seeds: Sequence[int] = (0, 1, 2), methods: Sequenc
     results_dir = Path(results_dir)
     name = name or results_name(cfg)
     csv_path = results_dir / f"{name}.csv"
-    done = {(r["method"], r["seed"]) for r in read_results(csv_path) if r["config"] == cfg.digest()}
+    finished_rows = [r for r in read_results(csv_path) if r["config"] == cfg.digest()]
+    done = {(r["method"], r["seed"]) for r in finished_rows}
     todo = [(m, s) for s in seeds for m in methods if (m, s) not in done]
     log(f"config {cfg.digest()}: {len(done)} runs already in {csv_path}, {len(todo)} to do"
         + (f" on {workers} worker processes" if workers > 1 and todo else "")
@@ -137,6 +154,8 @@ def reproduce(cfg: RunConfig, seeds: Sequence[int] = (0, 1, 2), methods: Sequenc
     keep_student = save_students and name == cfg.dataset and cfg.use_zoo
     if todo and ray_address is None:  # measured on this machine's CPU: says nothing of a cluster's
         log(projection(cfg, len(todo), workers, cfg.train_size or load_split(cfg.dataset, "train").x.shape[0]))
+        if finished_rows:
+            log(measured_projection(finished_rows, todo, workers))
 
     def finished(row: dict[str, Any], student: nn.Module, count: int) -> None:
         append_result(csv_path, row)
