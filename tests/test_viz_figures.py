@@ -123,15 +123,18 @@ def test_comparison_metric_dropdown_shows_readable_names():
 def test_live_plot_log_axis_and_validation_panel_only_with_validation_data():
     live = LivePlot(every=1)
     for step in (1, 2):
-        live.on_batch_end(SimpleNamespace(step=step), {"loss": 2.0, "pkt/act_fc1": 0.003})
+        live.on_batch_end(SimpleNamespace(step=step), {"pkt/act_fc1": 0.003, "loss": 2.0})  # the Trainer's order
     live.on_epoch_end(SimpleNamespace(step=2), {"epoch": 1})
     assert live.figure.layout.yaxis.type == "log"
-    assert [t.name for t in live.figure.data] == ["total", "pkt/act_fc1"]
+    assert [t.name for t in live.figure.data] == ["total", "pkt/act_fc1"]  # the total beneath the terms
+    live.on_batch_end(SimpleNamespace(step=3), {"mse/stage1": 0.5, "loss": 0.5})  # a term of a later phase
+    assert [t.name for t in live.figure.data] == ["total", "pkt/act_fc1", "mse/stage1"]
     assert not any(t.xaxis == "x2" for t in live.figure.data) and live.figure.layout.xaxis.domain == (0, 1)
     live.on_epoch_end(SimpleNamespace(step=2), {"epoch": 1, "val_acc": 0.7})
     assert live.figure.data[-1].xaxis == "x2" and live.figure.data[-1].y == (0.7,)
     assert live.figure.layout.xaxis.domain[1] < 1
-    assert [t["name"] for t in live.figure._widget_data] == ["total", "pkt/act_fc1", "validation accuracy"]
+    assert [t["name"] for t in live.figure._widget_data] == ["total", "pkt/act_fc1", "mse/stage1",
+                                                             "validation accuracy"]
 
 
 def test_survival_error_bars_stay_above_zero():

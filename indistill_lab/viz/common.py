@@ -113,8 +113,8 @@ class LivePlot(Callback):
 
     `live = LivePlot(); display(live.figure)`, then pass `callbacks=[live]` to the Trainer.
     Batch losses are averaged over `every` steps to keep the widget responsive. Losses use a log axis
-    (a 0.003 term stays visible beside a total of 2) with the total dotted; the validation-accuracy panel
-    appears only once a validation accuracy is logged.
+    (a 0.003 term stays visible beside a total of 2) with the total dotted beneath the terms; the
+    validation-accuracy panel appears only once a validation accuracy is logged.
     """
 
     def __init__(self, title: str = "training", every: int = 10, height: int = 320) -> None:
@@ -147,7 +147,9 @@ class LivePlot(Callback):
             self._pending.setdefault(key, []).append(value)
         if trainer.step % self.every:
             return
-        traces = {key: self._trace(key) for key in self._pending}  # added before, not inside, a batched update
+        # Added before, not inside, a batched update; the total first, so that it is drawn beneath the terms and
+        # a phase with one active term (total == term) shows the term's colour, not the dotted total over it.
+        traces = {key: self._trace(key) for key in sorted(self._pending, key=lambda k: k != "loss")}
         with self.figure.batch_update():
             for key, values in self._pending.items():
                 trace = traces[key]
