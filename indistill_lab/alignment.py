@@ -158,11 +158,14 @@ def _unbiased_hsic(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
 
 
 def _gram(z: torch.Tensor, side: str) -> tuple[torch.Tensor, bool]:
-    """The linear Gram matrix of a batch of features (flattened, float64) and whether its rows differ.
+    """The linear Gram matrix of a batch of features (flattened, float64) and whether its rows differ
+    (at least 4 rows: the unbiased HSIC estimator needs them).
 
     A batch whose rows are all equal carries no similarity structure: its HSIC is exactly 0 (rounding
     would leave ~1e-9 and a meaningless CKA), so callers skip it.
     """
+    if z.shape[0] < 4:
+        raise ValueError(f"Unbiased HSIC needs at least 4 examples per batch, got {z.shape[0]}.")
     z = z.detach().flatten(1).double()
     if not torch.isfinite(z).all():
         raise ValueError(f"CKA: the {side} representation contains NaN or infinite values (a diverged "
@@ -189,8 +192,6 @@ class MinibatchCKA:
         """Add one batch of paired features (rows = the same examples); any trailing shape is flattened."""
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"CKA needs the same examples on both sides: got {x.shape[0]} and {y.shape[0]} rows.")
-        if x.shape[0] < 4:
-            raise ValueError(f"Unbiased HSIC needs at least 4 examples per batch, got {x.shape[0]}.")
         k, x_varies = _gram(x, "first")
         l, y_varies = _gram(y, "second")
         self.add(k, l, x_varies, y_varies)
@@ -257,8 +258,6 @@ def cka_matrix(
                 student(x.to(device_s))
             rows = [_gram(tt[p].cpu(), "teacher") for p in teacher_paths]
             cols = [_gram(st[p].cpu(), "student") for p in student_paths]
-            if rows and cols and rows[0][0].shape[0] < 4:
-                raise ValueError(f"Unbiased HSIC needs at least 4 examples per batch, got {rows[0][0].shape[0]}.")
             row_self = [float(_unbiased_hsic(k, k)) if varies else 0.0 for k, varies in rows]
             col_self = [float(_unbiased_hsic(l, l)) if varies else 0.0 for l, varies in cols]
             for i, (k, k_varies) in enumerate(rows):
