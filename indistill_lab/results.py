@@ -65,6 +65,24 @@ def is_tracked(path: Path | str) -> bool:
     return done.returncode == 0
 
 
+def repair_hint(path: Path | str, kind: str | None = None) -> str:
+    """What to do with a file that fails to load, by what it is (`kind`: 'zoo', 'cache' or 'checkpoint';
+    told from where the file lives when None): a shipped zoo model is restored from git (`zoo build --force`
+    would retrain and overwrite the committed zoo), a cache is deleted (it is remade), a training checkpoint
+    is deleted to start that run afresh."""
+    path = Path(path).resolve()
+    if kind is None:
+        caches = [(REPO_ROOT / "results" / d).resolve() for d in ("cache", "precomputed")]
+        kind = ("zoo" if (REPO_ROOT / "data" / "zoo").resolve() in path.parents
+                else "cache" if any(c in path.parents for c in caches) else "checkpoint")
+    if kind == "zoo":
+        return (f"It is a zoo model: restore it with `git checkout -- {path}` (do not delete it; "
+                "`zoo build --force` would retrain and overwrite every zoo model).")
+    if kind == "cache":
+        return f"It is a cache: delete it (`rm {path}`) and run again; it is remade."
+    return f"If it is a training checkpoint, delete it (`rm {path}`) to start that run afresh."
+
+
 def check_unique(values: Sequence[Any], what: str) -> list[Any]:
     """`values` as a list, refusing an empty one and repeats (two runs of one seed are not two seeds)."""
     values = list(values)

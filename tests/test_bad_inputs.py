@@ -313,7 +313,22 @@ def test_zoo_truncated_checkpoint_names_the_file(tmp_path):
     _zoo_with(tmp_path, build_model("student"), path.read_bytes()[:300])
     with pytest.raises(ValueError, match="m.pt cannot be read as a checkpoint") as err:
         zoo.load("m", tmp_path)
-    assert "zoo build --force" in str(err.value)
+    assert "git checkout --" in str(err.value) and "do not delete it" in str(err.value)
+
+
+def test_random_bytes_are_named_with_the_fix_for_each_kind_of_file(tmp_path):
+    """A file of random bytes (not a pickle at all) is named with the repair that fits it: a zoo model is
+    restored from git, a cache deleted, a checkpoint deleted to start afresh."""
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(bytes(range(7, 250)) * 4)
+    for kind, words in [("zoo", "git checkout --"), ("cache", "It is a cache: delete it"),
+                        ("checkpoint", "to start that run afresh")]:
+        with pytest.raises(ValueError, match="junk.pt cannot be read as a checkpoint") as err:
+            zoo.load_file(junk, kind=kind)
+        assert words in str(err.value)
+    with pytest.raises(ValueError, match="junk.pt: it is not a readable checkpoint") as err:
+        Trainer(build_model("student"), progress=False, device="cpu", checkpoint=junk).resume()
+    assert "to start that run afresh" in str(err.value)
 
 
 def test_zoo_wrong_architecture_names_the_file(tmp_path):
