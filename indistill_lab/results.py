@@ -167,8 +167,8 @@ def read_rows(path: Path | str, columns: Sequence[str] | None = None,
 def check_writable(path: Path | str, update: bool) -> None:
     """Refuse, before any work, to change a committed file (tracked by git) unless `update` was asked for."""
     if not update and is_tracked(path):
-        raise ResultsError(f"{path} is a committed table (tracked by git) and this run would add rows to it. "
-                           "Pass --update (update=True) to extend it, or --out DIR to write elsewhere.")
+        raise ResultsError(f"{path} is a committed table (tracked by git) and this run would change it. "
+                           "Pass --update (update=True) to change it, or write elsewhere with --out DIR (or INDISTILL_OUT=DIR).")
 
 
 def append_row(path: Path | str, columns: Sequence[str], row: Mapping[str, Any], update: bool = False) -> None:

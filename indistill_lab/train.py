@@ -176,10 +176,11 @@ class Trainer:
 
     # -- state ---------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        """Everything needed to resume: weights, optimizer, epoch, history."""
+        """Everything needed to resume bit-identically: weights, optimizer, epoch, history and torch's CPU
+        random state (dropout, augmentation)."""
         state = {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "epoch": self.epoch, "step": self.step, "history": self.history.epochs,
+            "epoch": self.epoch, "step": self.step, "history": self.history.epochs, "rng": torch.get_rng_state(),
         }
         if hasattr(self.model, "config"):
             state["config"] = self.model.config()
@@ -194,6 +195,8 @@ class Trainer:
             self.objective.load_state_dict(state["objective"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.history = History(list(state["history"]))
+        if "rng" in state:
+            torch.set_rng_state(state["rng"])
 
     def resume(self) -> bool:
         """Load the checkpoint file if it exists; True when training continues from it.

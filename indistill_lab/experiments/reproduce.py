@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
@@ -37,14 +38,15 @@ _WORKER: Session | None = None
 
 def _worker_init(cfg: RunConfig | None, methods: Sequence[str]) -> None:
     global _WORKER
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: no traceback per worker
     torch.set_num_threads(1)
     if cfg is not None:
         _WORKER = Session(cfg, methods, log=lambda m: print(f"[worker {os.getpid()}] {m}", flush=True))
 
 
-def _worker_run(method: str, seed: int) -> tuple[dict[str, Any], nn.Module]:
+def _worker_run(method: str, seed: int, checkpoint: Path | None) -> tuple[dict[str, Any], nn.Module]:
     assert _WORKER is not None, "_worker_init did not run"
-    return _WORKER.run(method, seed)
+    return _WORKER.run(method, seed, checkpoint)
 
 
 def _pool(cfg: RunConfig, methods: Sequence[str], workers: int, log: Callable[[str], None]) -> ProcessPoolExecutor:
@@ -162,8 +164,15 @@ def reproduce(cfg: RunConfig, seeds: Sequence[int] = (0, 1, 2), methods: Sequenc
         if finished_rows:
             log(measured_projection(finished_rows, todo, workers))
 
+    checkpoints = results_dir / "checkpoints" / f"{name}-{cfg.digest()}"
+
+    def checkpoint(method: str, seed: int) -> Path:
+        """Each run's last finished epoch, so a killed table resumes inside its runs (deleted once the row is in)."""
+        return checkpoints / f"{method}-{seed}.pt"
+
     def finished(row: dict[str, Any], student: nn.Module, count: int) -> None:
         append_result(csv_path, row, update=update)
+        checkpoint(row["method"], row["seed"]).unlink(missing_ok=True)
         log(f"[{count}/{len(todo)}] {row['method']} seed {row['seed']}: mAP e/c {row['map_e']}/{row['map_c']}, "
             f"acc {row['accuracy']} ({row['accuracy_from']}), train {row['train_seconds']} s, "
             f"eval {row['eval_seconds']} s")
@@ -176,14 +185,20 @@ def reproduce(cfg: RunConfig, seeds: Sequence[int] = (0, 1, 2), methods: Sequenc
     elif workers == 1:
         session = Session(cfg, methods, log)
         for i, (method, seed) in enumerate(todo, 1):
-            finished(*session.run(method, seed), i)
+            finished(*session.run(method, seed, checkpoint(method, seed)), i)
     elif todo:
         global _WORKER
         try:
             with _pool(cfg, methods, workers, log) as pool:
-                futures = [pool.submit(_worker_run, m, s) for m, s in todo]
-                for i, future in enumerate(as_completed(futures), 1):
-                    finished(*future.result(), i)
+                futures = [pool.submit(_worker_run, m, s, checkpoint(m, s)) for m, s in todo]
+                try:
+                    for i, future in enumerate(as_completed(futures), 1):
+                        finished(*future.result(), i)
+                except KeyboardInterrupt:  # stop the workers now; their runs resume from their checkpoints
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    for child in multiprocessing.active_children():
+                        child.terminate()
+                    raise
         finally:
             _WORKER = None  # the parent's copy of the shared stages and cache is freed
     rows = [r for r in read_results(csv_path) if r["config"] == cfg.digest()]
