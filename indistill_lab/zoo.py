@@ -163,9 +163,9 @@ def build(names: list[str] | None = None, dataset: str = "fashion-mnist", zoo_di
     dataset = dataset_info(dataset).name  # before any folder is created
     zoo_dir = Path(zoo_dir)
     sub = zoo_dir / dataset
+    train_split = load_split(dataset, "train", quick=False)  # a missing dataset stops before any folder is made
     sub.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(zoo_dir)
-    train_split = load_split(dataset, "train", quick=False)
     trained: list[str] = []
     command = "python -m indistill_lab zoo build" + (f" --only {' '.join(names)}" if names != list(RECIPES) else "")
     for name in names:
