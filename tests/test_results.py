@@ -155,3 +155,25 @@ def test_guarded_ends_ctrl_c_with_a_note(capsys) -> None:
     assert "interrupted: every run that finished is saved" in capsys.readouterr().err
     with pytest.raises(ValueError):
         guarded(lambda _a: (_ for _ in ()).throw(ValueError("boom")), ["--debug"])
+
+
+def test_a_refresh_never_overwrites_a_committed_cache_entry(tmp_path: Path) -> None:
+    from indistill_lab.cache import cache_path, cached
+
+    git_repo(tmp_path)
+    assert cached("sweep", {"n": 1}, lambda: [1, 2], folder=tmp_path) == [1, 2]
+    commit_all(tmp_path)
+    stored = cache_path("sweep", {"n": 1}, tmp_path).read_text()
+    assert cached("sweep", {"n": 1}, lambda: [3, 4], refresh=True, folder=tmp_path) == [3, 4]
+    assert cache_path("sweep", {"n": 1}, tmp_path).read_text() == stored
+    assert cached("sweep", {"n": 1}, lambda: [5], folder=tmp_path) == [1, 2]
+
+
+def test_quick_mode_caches_go_to_the_ignored_quick_folder() -> None:
+    from indistill_lab.cache import _quick_twin
+    from indistill_lab.config import REPO_ROOT
+
+    twin = _quick_twin(REPO_ROOT / "results" / "precomputed" / "cascade" / "x.json")
+    assert twin == REPO_ROOT / "results" / "quick" / "precomputed" / "cascade" / "x.json"
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(twin)], cwd=REPO_ROOT)
+    assert ignored.returncode == 0
