@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="a count (3: seeds 0 1 2) or several seeds (0 3 7)")
     rp.add_argument("--update", action="store_true",
                     help="allow adding rows to a committed (git-tracked) table; without it such a run stops first")
+    rp.add_argument("--force", action="store_true",
+                    help="rerun the asked-for runs even where their rows exist (old rows go to <table>.csv.replaced)")
     rp.add_argument("--out", metavar="DIR",
                     help="folder for the table (default: results/, results/quick/ in quick mode, or $INDISTILL_OUT)")
     rp.add_argument("--paper", action="store_true",
@@ -95,7 +97,8 @@ def _run(args: argparse.Namespace) -> int:
         else:
             cfg = RunConfig(dataset=args.dataset, **changes)
         rows = reproduce(cfg, seeds, args.methods, args.out, workers=args.workers, ray_address=args.ray,
-                         log=lambda m: print(m, flush=True), update=args.update)
+                         log=lambda m: print(m, flush=True), update=args.update,
+                         force=args.force)
         print(markdown_summary(rows))
     return 0
 

@@ -124,7 +124,8 @@ def read_rows(path: Path | str, columns: Sequence[str] | None = None,
     """Rows of a results CSV, each cell of its declared type (`types`; columns not declared are numbers when
     they read as one, so declare identifiers such as `config` as `str`). Empty when the file is absent.
 
-    `columns`, when given, must be the file's header. A cut or malformed last line (what a kill during an
+    `columns`, when given, must be the file's header, or extend it (a file from before columns were added
+    reads back with None in them). A cut or malformed last line (what a kill during an
     append leaves) is moved to `<file>.damaged` with a warning, so its run is made again; a damaged line
     elsewhere raises `ResultsError` with the file and line number.
     """
@@ -138,7 +139,7 @@ def read_rows(path: Path | str, columns: Sequence[str] | None = None,
                            "again.") from None
     lines = text.splitlines(keepends=True)
     header = next(csv.reader([lines[0]])) if lines else []
-    if columns is not None and header != list(columns):
+    if columns is not None and header != list(columns)[:len(header)]:
         raise ResultsError(f"{path} has the columns {header}, not {list(columns)}: it was written by another "
                            "version of this table. Move it aside (its rows stay valid for their own "
                            "configuration) and run again.")
@@ -150,7 +151,8 @@ def read_rows(path: Path | str, columns: Sequence[str] | None = None,
             cells = next(csv.reader(io.StringIO(line)))
             if len(cells) != len(header):
                 raise ValueError(f"{len(cells)} fields, not {len(header)}")
-            rows.append({col: _parse(cell, types.get(col)) for col, cell in zip(header, cells)})
+            row = {col: _parse(cell, types.get(col)) for col, cell in zip(header, cells)}
+            rows.append({**dict.fromkeys(columns or []), **row})  # columns added since the file was written: None
         except ValueError as exc:
             if number != len(lines):
                 raise ResultsError(f"{path} line {number} is damaged ({exc}): fix or delete that line (its run "
@@ -184,9 +186,11 @@ def append_row(path: Path | str, columns: Sequence[str], row: Mapping[str, Any],
     if not new:
         with path.open() as f:
             header = next(csv.reader([f.readline()]), [])
-        if header != columns:
+        if header != columns[:len(header)]:
             raise ResultsError(f"{path} has the columns {header}, not {columns}: move it aside or write "
                                "elsewhere (--out DIR).")
+        if header != columns:
+            _add_columns(path, columns)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     if new:
@@ -196,6 +200,42 @@ def append_row(path: Path | str, columns: Sequence[str], row: Mapping[str, Any],
         f.write(buffer.getvalue())
         f.flush()
         os.fsync(f.fileno())
+
+
+def _add_columns(path: Path, columns: list[str]) -> None:
+    """Rewrite a file whose header is a prefix of `columns` with the full header, old rows padded empty."""
+    rows = list(csv.reader(io.StringIO(path.read_text())))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(r + [""] * (len(columns) - len(r)) for r in rows[1:])
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(buffer.getvalue())
+    os.replace(tmp, path)
+
+
+def remove_rows(path: Path | str, drop: Callable[[dict[str, Any]], bool], types: Mapping[str, ColumnType],
+                update: bool = False) -> int:
+    """Move the rows for which `drop(row)` holds into `<file>.replaced` (a rerun's old rows are kept there,
+    not lost); returns how many moved. A committed file only with `update`."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    lines = path.read_text().splitlines(keepends=True)
+    header = next(csv.reader([lines[0]]))
+    keep, moved = [lines[0]], []
+    for line in lines[1:]:
+        cells = next(csv.reader(io.StringIO(line)))
+        row = {c: _parse(v, types.get(c)) for c, v in zip(header, cells)}
+        (moved if drop(row) else keep).append(line)
+    if moved:
+        check_writable(path, update)
+        with path.with_name(path.name + ".replaced").open("a") as f:
+            f.writelines(moved)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(keep))
+        os.replace(tmp, path)
+    return len(moved)
 
 
 def write_report(path: Path | str, text: str, update: bool = False) -> bool:

@@ -177,3 +177,45 @@ def test_quick_mode_caches_go_to_the_ignored_quick_folder() -> None:
     assert twin == REPO_ROOT / "results" / "quick" / "precomputed" / "cascade" / "x.json"
     ignored = subprocess.run(["git", "check-ignore", "-q", str(twin)], cwd=REPO_ROOT)
     assert ignored.returncode == 0
+
+
+def test_reproduce_reruns_a_method_whose_recipe_changed_and_on_force(tmp_path: Path, monkeypatch) -> None:
+    """Rows are keyed by the method's identity: changing a method's setting reruns it (the old row moves to
+    .replaced); --force reruns an unchanged one; an unchanged method is reused."""
+    from indistill_lab.experiments.reproduce import reproduce
+    from indistill_lab.methods import base
+    from indistill_lab.methods.baselines import StudentCE
+
+    class Variant(StudentCE):
+        name = "test-ce-variant"
+        description = "cross-entropy, a test's variant"
+        smoothing = 0.0
+
+    monkeypatch.setitem(base._REGISTRY, Variant.name, Variant)
+    cfg = RunConfig(epochs=7, a=0, epoch_size=512, lr_drop_epoch=7, aux_epochs=1, teacher_epochs=1,
+                    train_size=256, test_size=64, batch_size=64)
+    logs: list[str] = []
+    run = lambda **kw: reproduce(cfg, [0], [Variant.name], tmp_path, "t", log=logs.append, **kw)  # noqa: E731
+    first = run()
+    assert len(first) == 1 and first[0]["method_id"] == Variant().identity()
+    run()
+    assert any("0 to do" in m for m in logs)
+    monkeypatch.setattr(Variant, "smoothing", 0.1)
+    second = run()
+    assert len(second) == 1 and second[0]["method_id"] == Variant().identity() != first[0]["method_id"]
+    assert any("their method changed" in m for m in logs)
+    assert (tmp_path / "t.csv.replaced").read_text().count("test-ce-variant") == 1
+    run(force=True)
+    assert any("--force" in m for m in logs) and len(read_results(tmp_path / "t.csv")) == 1
+    assert (tmp_path / "t.csv.replaced").read_text().count("test-ce-variant") == 2
+
+
+def test_a_table_from_before_a_column_was_added_reads_and_extends(tmp_path: Path) -> None:
+    path = tmp_path / "old.csv"
+    old = RESULT_COLUMNS[:-1]
+    path.write_text(",".join(old) + "\n" + ",".join(["student-ce", "0", "0123456789"] + ["1"] * (len(old) - 3)) + "\n")
+    assert read_results(path)[0]["method_id"] is None
+    append_result(path, {"method": "pkt", "seed": 0, "config": "0123456789", "method_id": "abc"})
+    rows = read_results(path)
+    assert [r["method_id"] for r in rows] == [None, "abc"] and rows[0]["config"] == "0123456789"
+    assert path.read_text().splitlines()[0] == ",".join(RESULT_COLUMNS)

@@ -23,14 +23,14 @@ from torch import nn
 
 from .. import zoo
 from ..config import quick_mode
-from ..methods import check_names, method_names
+from ..methods import check_names, get_method, method_names
 from ..data import load_split
 from ..models import model_input_shape
 from ..pipeline import RunConfig, build
-from ..results import check_unique, check_writable, results_dir as default_results_dir
+from ..results import check_unique, check_writable, remove_rows, results_dir as default_results_dir
 from .ray_runs import ray_runs
 from .runs import Session
-from .tables import append_result, read_results, write_report
+from .tables import RESULT_TYPES, append_result, read_results, write_report
 
 _WORKER: Session | None = None
 """The session a worker process runs with: inherited from the parent (fork) or built by `_worker_init`."""
@@ -125,7 +125,7 @@ def results_name(cfg: RunConfig) -> str:
 def reproduce(cfg: RunConfig, seeds: Sequence[int] = (0, 1, 2), methods: Sequence[str] | None = None,
               results_dir: Path | str | None = None, name: str | None = None, workers: int = 1,
               save_students: bool = True, log: Callable[[str], None] = print,
-              ray_address: str | None = None, update: bool = False) -> list[dict[str, Any]]:
+              ray_address: str | None = None, update: bool = False, force: bool = False) -> list[dict[str, Any]]:
     """Every method for every seed (seed-major, so a partial run still compares all methods), one CSV row
     per finished run; rows already present for this config are skipped. Then the table and the plot.
 
@@ -137,6 +137,10 @@ def reproduce(cfg: RunConfig, seeds: Sequence[int] = (0, 1, 2), methods: Sequenc
 
     `results_dir` defaults to `results.results_dir()` (the repository's results/, results/quick/ in quick
     mode, or $INDISTILL_OUT). A committed (git-tracked) table is extended only with `update=True`.
+
+    Rows are keyed by method, seed, configuration digest and the method's identity (`Method.identity`):
+    a method whose code or parameters changed is rerun, and `force` reruns every asked-for run; the rows
+    they replace are moved to `<name>.csv.replaced`.
     """
     methods = check_names(check_unique(method_names() if methods is None else methods, "methods"))
     seeds = check_unique(seeds, "seeds")
@@ -150,6 +154,17 @@ def reproduce(cfg: RunConfig, seeds: Sequence[int] = (0, 1, 2), methods: Sequenc
     results_dir = default_results_dir(results_dir)
     name = name or results_name(cfg)
     csv_path = results_dir / f"{name}.csv"
+    identity = {m: get_method(m).identity() for m in methods}
+    redo = {(m, s) for m in methods for s in seeds} if force else set()
+    stale = [r for r in read_results(csv_path) if r["config"] == cfg.digest() and r["method"] in identity
+             and ((r["method"], r["seed"]) in redo or r["method_id"] not in (None, identity[r["method"]]))]
+    if stale:
+        log(f"{len(stale)} row(s) of {csv_path} are rerun ("
+            + ("--force" if force else "their method changed since: another identity") + "): "
+            + ", ".join(f"{r['method']} seed {r['seed']}" for r in stale) + f"; the old rows go to {csv_path}.replaced")
+        keys = {(r["method"], r["seed"], r["method_id"]) for r in stale}
+        remove_rows(csv_path, lambda r: r["config"] == cfg.digest() and (r["method"], r["seed"], r["method_id"]) in keys,
+                    RESULT_TYPES, update)
     finished_rows = [r for r in read_results(csv_path) if r["config"] == cfg.digest()]
     done = {(r["method"], r["seed"]) for r in finished_rows}
     todo = [(m, s) for s in seeds for m in methods if (m, s) not in done]

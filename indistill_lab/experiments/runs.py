@@ -32,7 +32,8 @@ def run_method(method: str | Method, prep: Prepared, cfg: RunConfig, seed: int, 
     return {"method": recipe.name, "seed": seed, "config": cfg.digest(), "epochs": cfg.epochs,
             "epoch_size": cfg.epoch_size or len(prep.train), "a": cfg.a, "optimizer_state": cfg.optimizer_state,
             **row, "train_seconds": round(mid - start, 1), "eval_seconds": round(done - mid, 1),
-            "wall_seconds": round(done - start, 1), "phases": json.dumps(trained.phases)}, trained.student
+            "wall_seconds": round(done - start, 1), "phases": json.dumps(trained.phases),
+            "method_id": recipe.identity()}, trained.student
 
 
 def needs_finetune(methods: Sequence[str | Method]) -> bool:

@@ -15,19 +15,21 @@ from ..results import append_row, read_rows, write_report as write_text_report
 
 RESULT_COLUMNS = ["method", "seed", "config", "epochs", "epoch_size", "a", "optimizer_state", "accuracy",
                   "accuracy_from", "map_e", "map_c", "map_std_e", "map_std_c", "top100_e", "top100_c",
-                  "train_seconds", "eval_seconds", "wall_seconds", "phases"]
+                  "train_seconds", "eval_seconds", "wall_seconds", "phases", "method_id"]
 
 
 RESULT_TYPES = {"method": str, "seed": int, "config": str, "epochs": int, "epoch_size": int, "a": int,
-                "optimizer_state": str, "accuracy_from": str, "phases": str,
+                "optimizer_state": str, "accuracy_from": str, "phases": str, "method_id": str,
                 **{c: float for c in ("accuracy", "map_e", "map_c", "map_std_e", "map_std_c", "top100_e",
                                       "top100_c", "train_seconds", "eval_seconds", "wall_seconds")}}
 """How each column reads back: the config digest stays a string even when it is all decimal digits."""
 
 
 def read_results(path: Path | str) -> list[dict[str, Any]]:
-    """Rows of a results CSV, typed (see `results.read_rows`; empty list when the file does not exist)."""
-    return read_rows(path, types=RESULT_TYPES)
+    """Rows of a results CSV, typed (see `results.read_rows`; empty list when the file does not exist). Rows of a
+    table written before a column was added have it as None."""
+    rows = read_rows(path, types=RESULT_TYPES)
+    return [{**dict.fromkeys(RESULT_COLUMNS), **r} if set(r) <= set(RESULT_COLUMNS) else r for r in rows]
 
 
 def append_result(path: Path | str, row: Mapping[str, Any], columns: Sequence[str] = RESULT_COLUMNS,
@@ -111,7 +113,8 @@ def rows_matching(results_dir: Path | str = REPO_ROOT / "results", **columns: An
     rows = []
     for path in sorted(Path(results_dir).glob("*.csv")):
         with path.open() as f:
-            if f.readline().strip().split(",") != RESULT_COLUMNS:
+            header = f.readline().strip().split(",")
+            if header != RESULT_COLUMNS[:len(header)] or len(header) < len(RESULT_COLUMNS) - 1:
                 continue
         rows += [r for r in read_results(path) if all(r.get(k) == v for k, v in columns.items())]
     return rows

@@ -16,6 +16,9 @@ when the package is, so its `@register` runs and the CLI, `reproduce` and the no
 """
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Iterable
@@ -118,6 +121,19 @@ class Method:
         if trainer.history.stopped:
             raise RuntimeError(f"{self.name}: training stopped ({trainer.history.stopped}).")
         return Trained(student.cpu().eval(), trainer.history, self.trains_head(curriculum), curriculum)
+
+    def identity(self) -> str:
+        """10 hex digits that change when this method's recipe changes: the source of its classes (up to
+        `Method`), their settings (class attributes) and the instance's parameters. A results table keys its rows by it, so an edited method (another
+        temperature, another loss) is rerun, not silently reused. Code it shares with other methods
+        (losses, the Trainer) is not included: rerun with --force after changing that."""
+        classes = [c for c in type(self).__mro__ if issubclass(c, Method) and c is not Method]
+        settings = {k: v for c in reversed(classes) for k, v in vars(c).items()
+                    if not k.startswith("_") and not callable(v) and not isinstance(v, (classmethod, staticmethod,
+                                                                                        property))}
+        text = "".join(inspect.getsource(c) for c in classes) + json.dumps([settings, vars(self)], sort_keys=True,
+                                                                          default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:10]
 
     def __repr__(self) -> str:
         return f"<method {self.name}: {self.description}>"
