@@ -11,6 +11,7 @@ from . import zoo
 from .errors import cli, guarded, positive, seeds_from
 from .fashion_mnist import ensure_fashion_mnist
 from .methods import method_names
+from .settings import add_config_flags, config_changes, config_toml
 from .train import OPTIMIZER_STATE_POLICIES
 
 
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     zp.add_argument("--dataset", default="fashion-mnist")
     rp = sub.add_parser("reproduce", help="run InDistill and every baseline over seeds; write the results table "
                         "(results/<dataset>.csv/.md/.png for the default budget, <dataset>-<config digest>.* otherwise)")
-    rp.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "cifar10"])
+    rp.add_argument("--dataset", choices=["fashion-mnist", "cifar10"], help="default: fashion-mnist (or --config's)")
     rp.add_argument("--seeds", type=int, nargs="+", default=[3],
                     help="a count (3: seeds 0 1 2) or several seeds (0 3 7)")
     rp.add_argument("--update", action="store_true",
@@ -54,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
                          "cluster of `ray start` or $RAY_ADDRESS (default), at ADDRESS (e.g. ray://head:10001), or "
                          "'local' for an instance started here for this command")
     rp.add_argument("--no-cache", action="store_true", help="recompute teacher targets every batch")
+    rp.add_argument("--print-config", action="store_true",
+                    help="print the run configuration these flags give, as TOML for --config, and stop")
+    add_config_flags(rp, skip={"dataset", "epochs", "a", "epoch_size", "lr_drop_epoch", "optimizer_state", "cache"})
     return guarded(lambda args: _run(parser.parse_args(args)), argv)
 
 
@@ -82,20 +86,26 @@ def _run(args: argparse.Namespace) -> int:
         positive("--a", args.a, 0)
         if args.methods is not None:
             check_names(check_unique(args.methods, "--methods"))
-        changes = {k: v for k, v in {"epochs": args.epochs, "a": args.a, "lr_drop_epoch": args.lr_drop_epoch,
-                                     "optimizer_state": args.optimizer_state}.items() if v is not None}
+        given = {k: v for k, v in {"epochs": args.epochs, "a": args.a, "lr_drop_epoch": args.lr_drop_epoch,
+                                   "optimizer_state": args.optimizer_state}.items() if v is not None}
         if args.epoch_size is not None:
-            changes["epoch_size"] = args.epoch_size or None
+            given["epoch_size"] = args.epoch_size or None
         if args.no_cache:
-            changes["cache"] = False
+            given["cache"] = False
+        changes = config_changes(args, given)
+        dataset = args.dataset or changes.pop("dataset", "fashion-mnist")
+        changes.pop("dataset", None)
         if "epochs" in changes and "lr_drop_epoch" not in changes:
             changes["lr_drop_epoch"] = changes["epochs"] - (10 if args.paper else 2)
-        if args.dataset == "cifar10":
+        if dataset == "cifar10":
             cfg = RunConfig.cifar10_paper(**changes)
         elif args.paper:
-            cfg = RunConfig.paper(args.dataset, **changes)
+            cfg = RunConfig.paper(dataset, **changes)
         else:
-            cfg = RunConfig(dataset=args.dataset, **changes)
+            cfg = RunConfig(dataset=dataset, **changes)
+        if args.print_config:
+            print(config_toml(cfg), end="")
+            return 0
         rows = reproduce(cfg, seeds, args.methods, args.out, workers=args.workers, ray_address=args.ray,
                          log=lambda m: print(m, flush=True), update=args.update,
                          force=args.force)
