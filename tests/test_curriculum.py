@@ -219,3 +219,43 @@ def test_compare_curricula_records_terms_and_retrieval_and_view_browses_them():
     assert view.schedule.value == "mine" and len(view.figure.data[0].x) == 3
     curve = {t.name: t for t in view.figure.data[1:]}
     assert curve["mse/stage1"].x == (1,) and curve["pkt/act_fc1"].x == (2,) and curve["mse/stage2"].x == ()
+
+
+def test_comparison_lab_buttons_train_what_they_show_and_keep_the_stored_comparison(tmp_path, monkeypatch):
+    """'train and add my schedule' trains with the editor's optimizer policy (part of its cache key: two
+    policies give two entries); 'fresh run of all' adds fresh runs beside the stored ones and leaves the
+    stored file as it was; both report progress."""
+    import subprocess
+
+    from indistill_lab import cache
+    from indistill_lab.experiments import curriculum as lab_module
+    from indistill_lab.viz.curriculum import CurriculumEditor
+
+    monkeypatch.setattr(cache, "CACHE_DIR", tmp_path)
+    policies: list[str] = []
+    train_one = lab_module.train_with_curriculum
+
+    def spy(*args, **kwargs):
+        policies.append(kwargs["optimizer_state"])
+        return train_one(*args, **kwargs)
+
+    monkeypatch.setattr(lab_module, "train_with_curriculum", spy)
+    split = _tiny_split(160)
+    editor = CurriculumEditor(PAIRS[:1], FINAL, 2, a=0)
+    lab = lab_module.ComparisonLab({"paper": Curriculum.sequential(PAIRS[:1], [1], FINAL, 2)},
+                                   build_model("student"), lambda: build_model("student"), split, split,
+                                   {"seed": 0, "optimizer_state": "epoch"}, editor=editor)
+    for folder_cmd in (["init", "-q"], ["add", "-A"], ["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "s"]):
+        subprocess.run(["git", *folder_cmd], cwd=tmp_path, check=True)
+    stored = {p.name: p.read_text() for p in tmp_path.glob("curriculum-compare-*.json")}
+    assert policies == ["epoch"] and len(stored) == 1
+    editor.optimizer_state.value = "run"
+    lab.add_editor_schedule()
+    editor.optimizer_state.value = "phase"
+    lab.add_editor_schedule()
+    assert policies == ["epoch", "run", "phase"]
+    assert {"my schedule (run)", "my schedule (phase)"} <= set(lab.view.results)
+    assert len(list(tmp_path.glob("curriculum-user-*.json"))) == 2
+    lab.refresh()
+    assert "paper (fresh)" in lab.view.results and "fresh run done" in lab.status.value
+    assert {p.name: p.read_text() for p in tmp_path.glob("curriculum-compare-*.json")} == stored

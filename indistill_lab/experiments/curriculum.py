@@ -44,15 +44,28 @@ def train_with_curriculum(curriculum: Curriculum, teacher: nn.Module, student: n
     return record.epochs
 
 
+class _Progress(Callback):
+    """Reports 'schedule i/n, epoch e/E' to `report` after every epoch (a button's run shows it moving)."""
+
+    def __init__(self, report: Callable[[str], None], label: str, total: int) -> None:
+        self.report, self.label, self.total = report, label, total
+
+    def on_epoch_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        self.report(f"{self.label}: epoch {trainer.epoch}/{self.total}")
+
+
 def compare_curricula(curricula: Mapping[str, Curriculum], teacher: nn.Module,
                       make_student: Callable[[], nn.Module], train: Split, test: Split, top_k: int = 100,
-                      **train_kwargs: Any) -> dict[str, dict[str, Any]]:
+                      report: Callable[[str], None] | None = None, **train_kwargs: Any) -> dict[str, dict[str, Any]]:
     """Train one student per curriculum (each from `make_student()`, so seed it for the same init) and
-    evaluate retrieval (queries = `test`, database = `train`, penultimate features). JSON-ready."""
+    evaluate retrieval (queries = `test`, database = `train`, penultimate features). JSON-ready. `report`
+    receives a line of progress after every epoch."""
     out = {}
-    for name, curriculum in curricula.items():
+    for i, (name, curriculum) in enumerate(curricula.items(), 1):
         student = make_student()
-        curves = train_with_curriculum(curriculum, teacher, student, train, **train_kwargs)
+        progress = [_Progress(report, f"training {name!r} ({i}/{len(curricula)})", curriculum.total_epochs)] \
+            if report is not None else []
+        curves = train_with_curriculum(curriculum, teacher, student, train, callbacks=progress, **train_kwargs)
         out[name] = {"curriculum": curriculum.to_dict(), "epochs": curves,
                      "retrieval": evaluate_retrieval(student, test, train, top_k=top_k,
                                                          device=train_kwargs.get("device"))}
@@ -64,7 +77,9 @@ class ComparisonLab(Explorer):
     `ComparisonView`, with a button that reruns them and one that trains and adds the editor's schedule.
 
     `setup` records everything the runs depend on besides the schedules (it names the cache file) and
-    must hold `optimizer_state`, the policy every schedule is trained with.
+    must hold `optimizer_state`, the policy every schedule is trained with. The editor's schedule is trained
+    with the editor's own optimizer policy, which is part of its cache key. A fresh run never replaces the
+    committed comparison (see `cache.cached`); both buttons show their progress in `status`.
     """
 
     def __init__(self, schedules: Mapping[str, Curriculum], teacher: nn.Module, make_student: Callable[[], nn.Module],
@@ -73,8 +88,9 @@ class ComparisonLab(Explorer):
             raise ValueError("setup must record the optimizer_state policy the schedules are trained with, "
                              "e.g. setup={..., 'optimizer_state': 'epoch'}.")
         self.setup, self.editor = dict(setup), editor
-        self._run = lambda curricula: compare_curricula(curricula, teacher, make_student, train, test,
-                                                        optimizer_state=self.setup["optimizer_state"])
+        self.status = widgets.HTML()
+        self._run = lambda curricula, policy=self.setup["optimizer_state"]: compare_curricula(
+            curricula, teacher, make_student, train, test, report=self._report, optimizer_state=policy)
         self._params = {**self.setup, "schedules": {k: c.to_dict() for k, c in schedules.items()}}
         self._schedules = dict(schedules)
         self.view = ComparisonView(cached("curriculum-compare", self._params, lambda: self._run(self._schedules)))
@@ -85,19 +101,27 @@ class ComparisonLab(Explorer):
                                        layout=widgets.Layout(width="auto"), disabled=editor is None)
         self.add_mine.on_click(lambda _: self.add_editor_schedule())
 
+    def _report(self, line: str) -> None:
+        self.status.value = line
+
     def refresh(self) -> None:
-        """Train every schedule again and overwrite the cached comparison."""
-        for name, result in cached("curriculum-compare", self._params, lambda: self._run(self._schedules),
-                                   refresh=True).items():
-            self.view.add(name, result)
+        """Train every schedule again and show the fresh runs beside the stored ones ('... (fresh)'); the
+        stored comparison is kept as it is."""
+        fresh = cached("curriculum-compare", self._params, lambda: self._run(self._schedules), refresh=True)
+        for name, result in fresh.items():
+            self.view.add(f"{name} (fresh)", result)
+        self._report(f"fresh run done: {len(fresh)} schedule(s) added as '... (fresh)'")
 
     def add_editor_schedule(self) -> None:
-        """Train the editor's current schedule (cached by its content) and add it to the view."""
+        """Train the editor's current schedule with the editor's optimizer policy (cached by both) and add it
+        to the view, named after the policy."""
         if self.editor is None:
             raise ValueError("This comparison has no editor: pass editor=CurriculumEditor(...).")
-        user = self.editor.curriculum
-        key = {**self.setup, "schedule": user.to_dict()}
-        self.view.add("my schedule", cached("curriculum-user", key, lambda: self._run({"my schedule": user}))["my schedule"])
+        user, policy = self.editor.curriculum, self.editor.optimizer_state.value
+        key = {**self.setup, "optimizer_state": policy, "schedule": user.to_dict()}
+        result = cached("curriculum-user", key, lambda: self._run({"my schedule": user}, policy))["my schedule"]
+        self.view.add(f"my schedule ({policy})", result)
+        self._report(f"added 'my schedule ({policy})'")
 
     def layout(self) -> widgets.Widget:
-        return widgets.VBox([widgets.HBox([self.rerun, self.add_mine]), self.view.widget])
+        return widgets.VBox([widgets.HBox([self.rerun, self.add_mine, self.status]), self.view.widget])
