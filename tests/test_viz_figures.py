@@ -71,7 +71,7 @@ def deficit_sweep() -> dict:
 
 def test_deficit_legend_names_every_trace():
     explorer = DeficitExplorer(deficit_sweep())
-    names = [t.get("name") for t in browser_data(explorer)[0]]
+    names = [t.get("name") for t in browser_data(explorer)[0] if t.get("showlegend", True)]
     assert names == ["final accuracy", "chosen N", "N = 0 (no deficit)", "N = 4"]  # 04: "trace 0", "trace 1"
     assert_browser_draws_the_figure(explorer)
 
@@ -90,6 +90,19 @@ def test_an_explorer_carries_its_figures_and_a_readable_text():
     assert bundle["text/plain"].startswith("DeficitExplorer:")
     figures = bundle[STATIC_FIGURES_MIME]["figures"]
     assert len(figures) == 1 and figures[0] == figure_json(explorer.figure)
+
+
+def test_a_fresh_deficit_run_is_drawn_beside_the_seed_mean_not_over_it():
+    """04: a one-seed rerun replaced a 3-seed mean and turned the figure into the opposite of the text."""
+    sweep = {"runs": [{**r, "final_std": 0.01, "seeds": 3} for r in deficit_sweep()["runs"]]}
+    explorer = DeficitExplorer(sweep, rerun=lambda n: {"deficit_epochs": n, "final_acc": 0.5, "val_acc": [0.4, 0.5]})
+    explorer.slider.value = 4
+    explorer._fresh(explorer.button)
+    assert list(explorer.figure.data[0].y) == [0.9, 0.88, 0.86]  # the stored means stay
+    assert list(explorer.figure.data[0].error_y.array) == [0.01] * 3 and explorer.figure.data[0].error_y.visible
+    assert list(explorer.figure.data[4].x) == [4] and list(explorer.figure.data[4].y) == [0.5]
+    assert list(explorer.figure.data[5].y) == [0.4, 0.5] and explorer.figure.data[5].showlegend
+    assert "± 0.010 over 3 seeds" in explorer.status.value and "fresh run (one seed): <b>0.500</b>" in explorer.status.value
 
 
 def test_buttons_are_as_wide_as_their_label():

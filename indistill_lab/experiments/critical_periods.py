@@ -219,12 +219,17 @@ class Results:
         return out
 
     def deficit_sweep(self, protocol: str = "sgd-wd") -> dict[str, Any]:
-        """The seed means of the first-N runs in the form `viz.diagnostics.DeficitExplorer` shows."""
+        """The seed means of the first-N runs in the form `viz.diagnostics.DeficitExplorer` shows, with the
+        sample std over seeds of the final accuracy (`final_std`, a fraction like `final_acc`)."""
         g = self.grid
-        runs = [{"deficit_epochs": 0, "val_acc": self.val_curve(protocol, 0, 0, g.longest, g.clean_epochs)}]
-        runs += [{"deficit_epochs": n, "val_acc": self.val_curve(protocol, 0, n, n + g.clean_epochs)}
-                 for n in g.deficits if n > 0]
-        return {"runs": [{**r, "final_acc": r["val_acc"][-1]} for r in runs]}
+        conditions = [(0, 0, g.longest, g.clean_epochs)] + [(0, n, n + g.clean_epochs, None) for n in g.deficits if n > 0]
+        runs = []
+        for start, n, total, upto in conditions:
+            finals = list(self.accuracy(protocol, start, n, total, upto).values())
+            curve = self.val_curve(protocol, start, n, total, upto)
+            runs.append({"deficit_epochs": n, "val_acc": curve, "final_acc": curve[-1],
+                         "final_std": mean_std(finals)[1] / 100, "seeds": len(finals)})
+        return {"runs": runs}
 
 
 def _mean_std(values: dict[int, float]) -> str:

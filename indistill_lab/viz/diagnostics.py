@@ -19,13 +19,15 @@ DEFICIT_FILL = "rgba(120, 120, 120, 0.18)"
 class DeficitExplorer(Explorer):
     """Slider over the deficit length N: final accuracy vs N (left), the chosen run's curve (right).
 
-    `sweep` is {"runs": [{"deficit_epochs", "final_acc", "val_acc" (after each epoch)}]}, e.g.
-    `experiments.critical_periods.Results().deficit_sweep()`. With `rerun` (N -> a new run dict),
-    a button trains that run afresh and replaces the stored one in the figure.
+    `sweep` is {"runs": [{"deficit_epochs", "final_acc", "val_acc" (after each epoch), optionally
+    "final_std" and "seeds"}]}, e.g. `experiments.critical_periods.Results().deficit_sweep()` (seed means,
+    drawn with the seed spread). With `rerun` (N -> a new run dict), a button trains one run afresh and
+    draws it beside the stored mean (a single seed never replaces a mean of several).
     """
 
     def __init__(self, sweep: dict[str, Any], rerun: Callable[[int], dict[str, Any]] | None = None) -> None:
         self.runs = {r["deficit_epochs"]: r for r in sweep["runs"]}
+        self.fresh: dict[int, dict[str, Any]] = {}
         self.rerun = rerun
         deficits = sorted(self.runs)
         self.slider = widgets.SelectionSlider(options=deficits, value=deficits[min(2, len(deficits) - 1)],
@@ -41,6 +43,10 @@ class DeficitExplorer(Explorer):
                                 name=f"N = {deficits[0]} (no deficit)", mode="lines", row=1, col=2,
                                 line=dict(color="#999", dash="dash"))
         self.figure.add_scatter(mode="lines+markers", name="chosen run", row=1, col=2, line=dict(color="#d62728"))
+        self.figure.add_scatter(mode="markers", name="fresh run (one seed)", row=1, col=1, showlegend=False,
+                                marker=dict(symbol="x", size=11, color="#2ca02c"))
+        self.figure.add_scatter(mode="lines", name="fresh run of this N (one seed)", row=1, col=2, showlegend=False,
+                                line=dict(color="#2ca02c", dash="dot"))
         self.figure.update_xaxes(title_text="epochs on blurred inputs before clean training (N)", row=1, col=1)
         self.figure.update_xaxes(title_text="epoch", row=1, col=2)
         self.figure.update_yaxes(title_text="clean test accuracy", row=1, col=1)
@@ -58,23 +64,32 @@ class DeficitExplorer(Explorer):
         n = self.slider.value
         deficits = sorted(self.runs)
         run = self.runs[n]
+        fresh = self.fresh.get(n)
+        spread = [self.runs[d].get("final_std") for d in deficits]
         with self.figure.batch_update():
-            self.figure.data[0].update(x=deficits, y=[self.runs[d]["final_acc"] for d in deficits])
+            self.figure.data[0].update(x=deficits, y=[self.runs[d]["final_acc"] for d in deficits],
+                                       error_y=dict(type="data", array=spread, visible=None not in spread))
             self.figure.data[1].update(x=[n], y=[run["final_acc"]])
+            self.figure.data[4].update(x=sorted(self.fresh), y=[self.fresh[d]["final_acc"] for d in sorted(self.fresh)],
+                                       showlegend=bool(self.fresh))
+            self.figure.data[5].update(x=list(range(1, len(fresh["val_acc"]) + 1)) if fresh else [],
+                                       y=fresh["val_acc"] if fresh else [], showlegend=fresh is not None)
             self.figure.data[3].update(x=list(range(1, len(run["val_acc"]) + 1)), y=run["val_acc"],
                                        name=f"N = {n}")
             self.figure.layout.shapes = ([dict(type="rect", xref="x2", yref="y2 domain", x0=0.5, x1=n + 0.5, y0=0,
                                                y1=1, fillcolor=DEFICIT_FILL, line_width=0, layer="below")]
                                          if n > 0 else [])
-        self.status.value = (f"N = {n}: final clean accuracy <b>{run['final_acc']:.3f}</b> "
-                             f"(no deficit: {self.runs[deficits[0]]['final_acc']:.3f}); shaded = blurred epochs")
+        seeds = f" ± {run['final_std']:.3f} over {run['seeds']} seeds" if run.get("final_std") is not None else ""
+        self.status.value = (f"N = {n}: final clean accuracy <b>{run['final_acc']:.3f}</b>{seeds} "
+                             f"(no deficit: {self.runs[deficits[0]]['final_acc']:.3f}); shaded = blurred epochs"
+                             + (f"; fresh run (one seed): <b>{fresh['final_acc']:.3f}</b>" if fresh else ""))
 
     def _fresh(self, _button: widgets.Button) -> None:
         assert self.rerun is not None
         n = self.slider.value
         self.button.disabled, self.status.value = True, f"training N = {n} afresh ..."
         try:
-            self.runs[n] = self.rerun(n)
+            self.fresh[n] = self.rerun(n)
         finally:
             self.button.disabled = False
         self.update()
