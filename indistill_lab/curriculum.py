@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from .adapter import spec_of
 from .losses import LOSSES, DistillLoss, make_loss
 from .taps import OUTPUT, features, get_module
 
@@ -340,19 +341,17 @@ def allocate_epochs(difficulty: Sequence[float], budget: int, min_epochs: int = 
 
 
 def stage_pairs(teacher: nn.Module, student: nn.Module) -> list[Pair]:
-    """Teacher stage k -> student stage k, shallow to deep (models expose `stage_paths`)."""
-    for role, model in (("teacher", teacher), ("student", student)):
-        if not hasattr(model, "stage_paths"):
-            raise TypeError(f"The {role} ({type(model).__name__}) has no `stage_paths`; list the layer pairs by hand.")
-    t, s = list(teacher.stage_paths), list(student.stage_paths)
+    """Teacher stage k -> student stage k, shallow to deep, from the models' descriptions (`adapter.spec_of`)."""
+    t, s = list(spec_of(teacher).stages), list(spec_of(student).stages)
     if len(t) != len(s):
-        raise ValueError(f"The teacher has {len(t)} stages and the student {len(s)}; list the layer pairs by hand.")
+        raise ValueError(f"The teacher has {len(t)} stages ({', '.join(t)}) and the student {len(s)} "
+                         f"({', '.join(s)}); list the layer pairs by hand.")
     return list(zip(t, s))
 
 
 def embedding_term(teacher: nn.Module, student: nn.Module, loss: str = "pkt", weight: float = 1.0) -> Term:
-    """The usual final term: `loss` (PKT by default) between the two models' embeddings."""
-    return Term(teacher.embedding_path, student.embedding_path, loss, weight)
+    """The usual final term: `loss` (PKT by default) between the two models' embedding layers."""
+    return Term(spec_of(teacher).embedding, spec_of(student).embedding, loss, weight)
 
 
 def term_spec(term: Term) -> str:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from . import zoo
+from .adapter import spec_of
 from .config import REPO_ROOT, quick_mode, seed_everything
 from .criteria import make_criterion
 from .curriculum import Curriculum, Term
@@ -169,7 +170,7 @@ def load_teacher(cfg: RunConfig, train: Split | None = None, progress: bool = Fa
 
 def auxiliary_pkt_curriculum(teacher: nn.Module, auxiliary: nn.Module, epochs: int) -> Curriculum:
     """PKT only, teacher embedding -> auxiliary embedding, for every epoch (no cross-entropy)."""
-    return Curriculum((), Term(f"teacher.{teacher.embedding_path}", auxiliary.embedding_path, "pkt"), epochs)
+    return Curriculum((), Term(f"teacher.{spec_of(teacher).embedding}", spec_of(auxiliary).embedding, "pkt"), epochs)
 
 
 def train_auxiliary_pkt(teacher: nn.Module, cfg: RunConfig, train: Split, seed: int = 0,

@@ -1,0 +1,114 @@
+"""The model adapter: kit models describe themselves, torchvision models get a proposed description, and a
+torchvision ResNet pair goes through spec -> stage pairs -> pruned targets -> evaluation like the presets."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models import resnet18, vgg11
+
+from indistill_lab.adapter import ModelSpec, SpecError, propose_spec, spec_of, with_spec
+from indistill_lab.alignment import validate, LayerMap
+from indistill_lab.curriculum import embedding_term, stage_pairs
+from indistill_lab.data import DatasetInfo, Split
+from indistill_lab.evaluation import evaluate_student
+from indistill_lab.metrics import embeddings, evaluate_retrieval, retrieval_metrics
+from indistill_lab.models import build_model, model_input_shape
+from indistill_lab.pruning import prune_to_widths
+from indistill_lab.sources import KeptChannels
+from indistill_lab.taps import features
+
+torch.set_num_threads(1)
+SHAPE = (3, 32, 32)
+RESNET_SPEC = ModelSpec(("layer1", "layer2", "layer3", "layer4"), "avgpool", "fc", SHAPE)
+
+
+def test_kit_models_describe_themselves_and_the_proposal_agrees() -> None:
+    for name in ("teacher", "auxiliary", "student"):
+        model = build_model(name)
+        spec = spec_of(model)
+        assert spec.stages == tuple(model.stage_paths) and spec.embedding == model.embedding_path
+        assert spec.classifier == "classifier" and spec.input_shape == (1, 28, 28)
+        assert propose_spec(model) == spec  # found from the structure alone, by one probe pass
+
+
+def test_propose_spec_for_torchvision_resnet_and_vgg() -> None:
+    assert propose_spec(resnet18(num_classes=10), SHAPE) == RESNET_SPEC
+    vgg = propose_spec(vgg11(num_classes=10), (3, 64, 64))
+    # VGG-11's five blocks end at its max-pools; the embedding feeds the last Linear (classifier.6).
+    assert vgg.stages == ("features.2", "features.5", "features.10", "features.15", "features.20")
+    assert (vgg.embedding, vgg.classifier) == ("classifier.5", "classifier.6")
+
+
+def test_a_model_without_description_says_what_to_attach() -> None:
+    with pytest.raises(SpecError, match=r"with_spec.*propose_spec\(model\) gives ModelSpec\(stages=\('layer1'"):
+        spec_of(resnet18(num_classes=10))
+
+
+def test_unknown_paths_are_named_with_close_candidates() -> None:
+    bad = ModelSpec(("layer1", "layr2"), "avgpol", "fc", SHAPE)
+    with pytest.raises(SpecError) as info:
+        with_spec(resnet18(num_classes=10), bad)
+    message = str(info.value)
+    assert "stage 'layr2'" in message and "did you mean 'layer2'" in message
+    assert "embedding 'avgpol'" in message and "'avgpool'" in message
+    assert "'layer1'" not in message.split("\n")[1]  # valid paths are not reported
+    with pytest.raises(SpecError, match="classifier 'layer4' is a Sequential, not an nn.Linear.*Linear layers: fc"):
+        with_spec(resnet18(num_classes=10), ModelSpec(("layer1",), "avgpool", "layer4", SHAPE))
+
+
+def _synthetic(n_per_class: int, seed: int, classes: int = 4) -> Split:
+    """Images = a fixed per-class pattern + noise: separable classes, so retrieval scores well above chance."""
+    prototypes = torch.randn(classes, *SHAPE, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(classes).repeat_interleave(n_per_class)
+    x = prototypes[y] + 0.3 * torch.randn(len(y), *SHAPE, generator=g)
+    info = DatasetInfo("synthetic", 3, 32, classes, tuple(map(str, range(classes))), (0.0,) * 3, (1.0,) * 3)
+    return Split(x, y, info, f"synthetic/{seed}")
+
+
+def test_torchvision_pair_through_spec_stage_pairs_targets_and_evaluation() -> None:
+    torch.manual_seed(0)
+    teacher = with_spec(resnet18(num_classes=4), RESNET_SPEC)
+    widths = [16, 32, 64, 128]
+    # The auxiliary's role: the teacher pruned to the student's widths; the student: another ResNet-18 at them.
+    pruned, report = prune_to_widths(teacher, widths)
+    student, _ = prune_to_widths(with_spec(resnet18(num_classes=4), RESNET_SPEC), widths)
+    assert spec_of(pruned) == spec_of(student) == RESNET_SPEC  # the description survives pruning (a copy)
+    assert model_input_shape(student) == SHAPE
+
+    pairs = stage_pairs(pruned, student)
+    assert pairs == [(f"layer{k}", f"layer{k}") for k in range(1, 5)]
+    assert len(validate(pruned, student, LayerMap.from_pairs(pairs), SHAPE)) == 4  # same shapes at every stage
+    assert embedding_term(teacher, student).teacher == "avgpool"
+
+    # KeptChannels reads the unpruned teacher's stage outputs at the channels pruning kept.
+    kept = KeptChannels.from_report(teacher, report)
+    x = torch.randn(4, *SHAPE)
+    got = features(kept, x, [p for p, _ in pairs])
+    full = features(teacher, x, [p for p, _ in pairs])
+    for k, width in enumerate(widths, start=1):
+        path = f"layer{k}"
+        assert got[path].shape[1] == width
+        assert torch.equal(got[path], full[path][:, report.kept[f"{path}.1.conv2"]])
+
+    train, test = _synthetic(30, seed=1), _synthetic(10, seed=2)
+    emb = embeddings(student, test.x, device="cpu")
+    assert emb.shape == (len(test), 128)  # layer4's width after the pooled embedding
+    with torch.no_grad():
+        student.eval()
+        h = student.maxpool(student.relu(student.bn1(student.conv1(test.x))))
+        for k in range(1, 5):
+            h = getattr(student, f"layer{k}")(h)
+        by_hand = torch.flatten(student.avgpool(h), 1)
+    assert torch.allclose(emb, by_hand, atol=1e-5)
+    got = evaluate_retrieval(student, test, train, top_k=10, device="cpu")
+    want = retrieval_metrics(emb, test.y, embeddings(student, train.x, device="cpu"), train.y, top_k=10)
+    assert got["euclidean"] == pytest.approx(want)
+
+    probed = evaluate_student(copy.deepcopy(student), train, test, trained_head=False)
+    # Separable synthetic classes: a linear probe on even an untrained ResNet's features nearly always wins.
+    assert probed["accuracy_from"] == "probe" and probed["accuracy"] >= 90.0
+    assert probed["map_e"] > 50.0  # four classes: chance mAP is about 25%
