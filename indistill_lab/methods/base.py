@@ -110,7 +110,7 @@ class Method:
         trainer = Trainer(student, objective, lr=ctx.cfg.lr, lr_schedule=ctx.cfg.lr_schedule, seed=seed,
                           callbacks=callbacks, progress=progress, optimizer_state=ctx.cfg.optimizer_state)
         trainer.fit(loader, ctx.cfg.epochs if epochs is None else epochs)
-        if trainer.history.stopped:
+        if trainer.history.stopped and not trainer.history.requested:
             raise RuntimeError(f"{self.name}: training stopped ({trainer.history.stopped}).")
         return Trained(student.cpu().eval(), trainer.history, self.trains_head(curriculum), curriculum)
 
