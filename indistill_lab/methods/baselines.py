@@ -26,7 +26,7 @@ class StudentCE(Method):
 @register
 class HintonKD(Method):
     name = "hinton-kd"
-    description = "Hinton KD (T=4) from the teacher's logits, all epochs"
+    description = "Hinton KD from the teacher's logits at the run's kd_temperature (4 by default), all epochs"
 
     def curriculum(self, student: nn.Module, ctx: Context) -> Curriculum:
         return Curriculum((), kd_term(ctx), ctx.cfg.epochs)
