@@ -360,6 +360,15 @@ def allocate_epochs(difficulty: Sequence[float], budget: int, min_epochs: int = 
     return [min_epochs + e for e in extra]
 
 
+def paper_epochs(stages: int, a: int) -> int:
+    """Epochs of the paper's layer-by-layer phase for `stages` layer pairs: layer k alone for a + k epochs.
+
+    >>> paper_epochs(3, 0), paper_epochs(3, 2), paper_epochs(4, 0)
+    (6, 12, 10)
+    """
+    return sum(a + k for k in range(1, stages + 1))
+
+
 def stage_pairs(teacher: nn.Module, student: nn.Module) -> list[Pair]:
     """Teacher stage k -> student stage k, shallow to deep, from the models' descriptions (`adapter.spec_of`)."""
     t, s = list(spec_of(teacher).stages), list(spec_of(student).stages)

@@ -24,7 +24,7 @@ from . import zoo
 from .adapter import spec_of
 from .config import REPO_ROOT, quick_mode, seed_everything
 from .criteria import make_criterion
-from .curriculum import Curriculum, Term
+from .curriculum import Curriculum, Term, paper_epochs
 from .objective import CurriculumObjective
 from .data import Loader, Split, crop_flip, load_split
 from .feature_cache import FeatureCache, IndexedLoader
@@ -93,8 +93,8 @@ class RunConfig:
 
     @property
     def intermediate_epochs(self) -> int:
-        """Epochs of the paper's layer-by-layer phase: sum of a + k for the 3 stages."""
-        return sum(self.a + k for k in (1, 2, 3))
+        """Epochs of the paper's layer-by-layer phase for the presets' 3 stages: sum of a + k (`paper_epochs`)."""
+        return paper_epochs(3, self.a)
 
     @property
     def lr_schedule(self) -> dict[int, float]:

@@ -110,9 +110,10 @@ class ReferenceTargets(nn.Module):
 
     def __init__(self, model: nn.Module, kept: Mapping[str, Sequence[int]]) -> None:
         super().__init__()
-        if getattr(model, "convs_per_stage", 1) != 1:
+        if getattr(model, "convs_per_stage", None) != 1:
+            convs = getattr(model, "convs_per_stage", f"not the kit's ConvNet ({type(model).__name__}), so not 1")
             raise ValueError("ReferenceTargets prunes each stage's single conv in isolation, as the reference did; "
-                             f"this model has {model.convs_per_stage} convs per stage. Use KeptChannels or the "
+                             f"this model has {convs} convs per stage. Use KeptChannels or the "
                              "coherent pruned network instead.")
         self.model = model
         for path, channels in kept.items():

@@ -36,7 +36,9 @@ def test_kit_models_describe_themselves_and_the_proposal_agrees() -> None:
 
 def test_propose_spec_for_torchvision_resnet_and_vgg() -> None:
     assert propose_spec(resnet18(num_classes=10), SHAPE) == RESNET_SPEC
-    vgg = propose_spec(vgg11(num_classes=10), (3, 64, 64))
+    with torch.device("meta"):  # shapes only: VGG's 100M-parameter head is never allocated
+        model = vgg11(num_classes=10)
+    vgg = propose_spec(model, (3, 64, 64))
     # VGG-11's five blocks end at its max-pools; the embedding feeds the last Linear (classifier.6).
     assert vgg.stages == ("features.2", "features.5", "features.10", "features.15", "features.20")
     assert (vgg.embedding, vgg.classifier) == ("classifier.5", "classifier.6")
@@ -112,3 +114,74 @@ def test_torchvision_pair_through_spec_stage_pairs_targets_and_evaluation() -> N
     # Separable synthetic classes: a linear probe on even an untrained ResNet's features nearly always wins.
     assert probed["accuracy_from"] == "probe" and probed["accuracy"] >= 90.0
     assert probed["map_e"] > 50.0  # four classes: chance mAP is about 25%
+
+
+def _resnet_pair_context(methods_epochs: int = 11):
+    """A torchvision ResNet-18 teacher (16x16 inputs), its 'auxiliary' (the teacher pruned to half width), that
+    auxiliary pruned to the student's widths, and ResNet-18 students at those widths, on synthetic data."""
+    from indistill_lab import Context, RunConfig, Sources
+
+    shape = (3, 16, 16)
+    spec = ModelSpec(("layer1", "layer2", "layer3", "layer4"), "avgpool", "fc", shape)
+    torch.manual_seed(0)
+    teacher = with_spec(resnet18(num_classes=4), spec).eval()
+    aux, _ = prune_to_widths(teacher, [16, 32, 64, 128], input_shape=shape)
+    student_widths = [8, 16, 32, 64]
+    pruned, report = prune_to_widths(aux, student_widths, input_shape=shape)
+    sources = Sources(teacher=teacher, aux=aux, pruned=pruned, kept=KeptChannels.from_report(aux, report),
+                      tuned=copy.deepcopy(pruned))
+
+    template = prune_to_widths(with_spec(resnet18(num_classes=4), spec), student_widths, input_shape=shape)[0]
+
+    def student() -> nn.Module:
+        """A fresh random init (from the method's seed) of the pruned ResNet-18, without re-tracing the pruning."""
+        model = copy.deepcopy(template)
+        for module in model.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        return model
+
+    def data(n: int, seed: int) -> Split:
+        split = _synthetic(n, seed)
+        return Split(split.x[:, :, :16, :16].contiguous(), split.y, split.info, split.name)
+
+    # 4 stages: the paper's phases take 1 + 2 + 3 + 4 = 10 epochs (a = 0), then one epoch of the final term.
+    cfg = RunConfig(epochs=methods_epochs, epoch_size=32, batch_size=16, a=0, lr_drop_epoch=methods_epochs,
+                    use_zoo=False)
+    return Context(cfg, data(16, seed=1), sources, student=student), data(8, seed=2)
+
+
+CURRICULUM_METHODS = ["student-ce", "hinton-kd", "pkt", "fitnets", "indistill-all-at-once", "indistill-paper",
+                      "indistill-difficulty", "indistill-kept-channels", "indistill-finetuned", "indistill-kd"]
+
+
+def test_the_kits_distillation_methods_run_on_a_torchvision_pair_through_the_public_entry_point() -> None:
+    from indistill_lab import evaluate_student, get_method
+
+    ctx, test = _resnet_pair_context()
+    for name in CURRICULUM_METHODS:
+        trained = get_method(name).train(ctx, seed=0)
+        student = trained.student
+        assert isinstance(student, type(resnet18())) and student.layer1[0].conv1.out_channels == 8, name
+        assert len(trained.history.epochs) == ctx.cfg.epochs and trained.history.stopped is None, name
+        if trained.curriculum is not None:
+            used = {t.student for t in trained.curriculum.terms()}
+            assert used <= {"layer1", "layer2", "layer3", "layer4", "avgpool", "fc"}, (name, used)
+            last = trained.history.epochs[-1]
+            assert all(k.split("/")[1] in used for k in last if "/" in k), (name, last)
+        # KD and CE train the ResNet's own head ('fc'); the others are scored through a probe on 'avgpool'
+        assert trained.trains_head == (name in ("student-ce", "hinton-kd", "indistill-kd")), name
+        scores = evaluate_student(student, ctx.train, test, trained_head=trained.trains_head)
+        assert 0.0 <= scores["accuracy"] <= 100.0 and scores["map_e"] > 0.0, (name, scores)
+
+
+def test_indistill_paper_on_the_pair_distils_each_stage_in_turn() -> None:
+    """The mechanism on a torchvision pair: stage k's MSE is logged only in its a + k epochs, shallow first."""
+    from indistill_lab import get_method
+
+    ctx, _ = _resnet_pair_context()
+    trained = get_method("indistill-paper").train(ctx, seed=0)
+    active = [sorted(k for k in e if "/" in k) for e in trained.history.epochs]
+    assert active == ([["mse/layer1"]] * 1 + [["mse/layer2"]] * 2 + [["mse/layer3"]] * 3 + [["mse/layer4"]] * 4
+                      + [["pkt/avgpool"]])
+    assert trained.curriculum.critical_end == 10
