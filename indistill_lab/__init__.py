@@ -43,6 +43,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "evaluate_student": ("evaluation", "evaluate_student"),
     # runs and methods
     "RunConfig": ("pipeline", "RunConfig"), "prepare": ("pipeline", "prepare"),
+    "prepare_models": ("pipeline", "prepare_models"),
     "Context": ("methods", "Context"), "Method": ("methods", "Method"), "get_method": ("methods", "get_method"),
     "method_names": ("methods", "method_names"), "register_method": ("methods", "register"),
 }

@@ -116,22 +116,17 @@ def test_torchvision_pair_through_spec_stage_pairs_targets_and_evaluation() -> N
     assert probed["map_e"] > 50.0  # four classes: chance mAP is about 25%
 
 
-def _resnet_pair_context(methods_epochs: int = 11):
-    """A torchvision ResNet-18 teacher (16x16 inputs), its 'auxiliary' (the teacher pruned to half width), that
-    auxiliary pruned to the student's widths, and ResNet-18 students at those widths, on synthetic data."""
-    from indistill_lab import Context, RunConfig, Sources
+def _resnet_pair_context():
+    """A torchvision ResNet-18 teacher (16x16 inputs), an auxiliary (ResNet-18 at half width) that the pipeline
+    trains with PKT and prunes to the student's widths, and ResNet-18 students at those widths, on synthetic data."""
+    from indistill_lab import Context, RunConfig, prepare_models
 
     shape = (3, 16, 16)
     spec = ModelSpec(("layer1", "layer2", "layer3", "layer4"), "avgpool", "fc", shape)
     torch.manual_seed(0)
     teacher = with_spec(resnet18(num_classes=4), spec).eval()
-    aux, _ = prune_to_widths(teacher, [16, 32, 64, 128], input_shape=shape)
-    student_widths = [8, 16, 32, 64]
-    pruned, report = prune_to_widths(aux, student_widths, input_shape=shape)
-    sources = Sources(teacher=teacher, aux=aux, pruned=pruned, kept=KeptChannels.from_report(aux, report),
-                      tuned=copy.deepcopy(pruned))
-
-    template = prune_to_widths(with_spec(resnet18(num_classes=4), spec), student_widths, input_shape=shape)[0]
+    auxiliary, _ = prune_to_widths(with_spec(resnet18(num_classes=4), spec), [16, 32, 64, 128])
+    template, _ = prune_to_widths(with_spec(resnet18(num_classes=4), spec), [8, 16, 32, 64])
 
     def student() -> nn.Module:
         """A fresh random init (from the method's seed) of the pruned ResNet-18, without re-tracing the pruning."""
@@ -146,9 +141,13 @@ def _resnet_pair_context(methods_epochs: int = 11):
         return Split(split.x[:, :, :16, :16].contiguous(), split.y, split.info, split.name)
 
     # 4 stages: the paper's phases take 1 + 2 + 3 + 4 = 10 epochs (a = 0), then one epoch of the final term.
-    cfg = RunConfig(epochs=methods_epochs, epoch_size=32, batch_size=16, a=0, lr_drop_epoch=methods_epochs,
-                    use_zoo=False)
-    return Context(cfg, data(16, seed=1), sources, student=student), data(8, seed=2)
+    cfg = RunConfig(epochs=11, epoch_size=32, batch_size=16, a=0, lr_drop_epoch=11, aux_epochs=1, use_zoo=False)
+    train, test = data(16, seed=1), data(8, seed=2)
+    prep = prepare_models(cfg, train, test, teacher, auxiliary, template, log=lambda _: None)
+    assert set(prep.sources._modules) == {"teacher", "aux", "pruned", "kept", "tuned"}  # no 'reference': not a kit ConvNet
+    assert [prep.pruned.get_submodule(f"layer{k}")[1].conv2.out_channels for k in range(1, 5)] == [8, 16, 32, 64]
+    assert prep.aux is not auxiliary and not torch.equal(prep.aux.layer1[0].conv1.weight, auxiliary.layer1[0].conv1.weight)
+    return Context(cfg, prep.train, prep.sources, student=student), test
 
 
 CURRICULUM_METHODS = ["student-ce", "hinton-kd", "pkt", "fitnets", "indistill-all-at-once", "indistill-paper",
