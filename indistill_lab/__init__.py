@@ -20,7 +20,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     # data
     "Split": ("data", "Split"), "Loader": ("data", "Loader"), "load_split": ("data", "load_split"),
     "dataset_info": ("data", "dataset_info"), "split_from_tensors": ("data", "split_from_tensors"),
-    "split_from_dataset": ("data", "split_from_dataset"),
+    "split_from_dataset": ("data", "split_from_dataset"), "splits_from_folder": ("data", "splits_from_folder"),
     # models, features, pruning, alignment
     "build_model": ("models", "build_model"), "ConvNet": ("models", "ConvNet"),
     "Taps": ("taps", "Taps"), "features": ("taps", "features"), "OUTPUT": ("taps", "OUTPUT"),

@@ -146,13 +146,17 @@ _READERS: dict[str, Callable[[Path, bool], tuple[torch.Tensor, torch.Tensor]]] =
 
 
 def split_from_tensors(x: torch.Tensor, y: torch.Tensor, name: str = "custom",
-                       class_names: Sequence[str] | None = None, standardise: bool = False) -> Split:
+                       class_names: Sequence[str] | None = None, standardise: bool = False,
+                       like: Split | None = None) -> Split:
     """A `Split` of a user's own images `x` (N, C, H, W) or (N, H, W) and class labels `y` (N,) in 0..K-1.
 
     `x` is used as given (float32), unless `standardise=True` which subtracts each channel's mean and
-    divides by its std (recorded in `info`, so `denormalise` inverts it). Images must be square, since the
-    kit's models take one image size. Every class in 0..K-1 should appear (K = len(class_names) or max + 1).
+    divides by its std (recorded in `info`, so `denormalise` inverts it). `like` (the training split) gives
+    the statistics and class names instead, so a test split is standardised like the training one. Images
+    must be square, since the kit's models take one image size. K = len(class_names) or max label + 1.
     """
+    if like is not None:
+        class_names = like.info.class_names if class_names is None else class_names
     if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
         raise TypeError(f"x and y must be tensors, got {type(x).__name__} and {type(y).__name__}; "
                         "use torch.as_tensor on arrays.")
@@ -170,10 +174,14 @@ def split_from_tensors(x: torch.Tensor, y: torch.Tensor, name: str = "custom",
     x = x.float()
     channels = x.shape[1]
     mean, std = (0.0,) * channels, (1.0,) * channels
-    if standardise:
-        m, s = x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3)).clamp_min(1e-12)
-        x = (x - m.view(1, -1, 1, 1)) / s.view(1, -1, 1, 1)
-        mean, std = tuple(m.tolist()), tuple(s.tolist())
+    if like is not None:
+        if like.info.channels != channels:
+            raise ValueError(f"x has {channels} channels but `like` ({like.name}) has {like.info.channels}.")
+        mean, std = like.info.mean, like.info.std
+    elif standardise:
+        mean, std = tuple(x.mean(dim=(0, 2, 3)).tolist()), tuple(x.std(dim=(0, 2, 3)).clamp_min(1e-12).tolist())
+    if like is not None or standardise:
+        x = (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
     names = tuple(class_names) if class_names is not None else tuple(str(c) for c in range(classes))
     info = DatasetInfo(name, channels, int(x.shape[2]), classes, names, mean, std)
     return Split(x, y.long(), info, name)
@@ -198,6 +206,28 @@ def split_from_dataset(dataset: Any, name: str = "custom", class_names: Sequence
         images.append(item[0])
         labels.append(int(item[1]))
     return split_from_tensors(torch.stack(images), torch.tensor(labels), name, class_names, standardise)
+
+
+def splits_from_folder(folder: Path | str, standardise: bool = False) -> tuple[Split, Split]:
+    """(train, test) from a folder holding `train.pt` and `test.pt`, each saved with
+    `torch.save({"x": images, "y": labels}, ...)` (optionally with "class_names"). With `standardise=True`
+    both are standardised with the training split's channel statistics."""
+    folder = Path(folder)
+    splits: list[Split] = []
+    for part in ("train", "test"):
+        path = folder / f"{part}.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: the folder needs train.pt and test.pt, each saved with "
+                                    "torch.save({'x': images, 'y': labels}, path).")
+        content = torch.load(path, weights_only=True)
+        if not isinstance(content, dict) or not {"x", "y"} <= set(content):
+            got = sorted(content) if isinstance(content, dict) else type(content).__name__
+            raise ValueError(f"{path} must hold a dict with 'x' (images) and 'y' (labels), got {got}.")
+        names = content.get("class_names") or (splits[0].info.class_names if splits else None)
+        like = splits[0] if splits and standardise else None
+        splits.append(split_from_tensors(content["x"], content["y"], f"{folder.name}/{part}", names,
+                                         standardise=standardise and not splits, like=like))
+    return splits[0], splits[1]
 
 
 BatchTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]

@@ -184,3 +184,12 @@ def test_indistill_paper_on_the_pair_distils_each_stage_in_turn() -> None:
     assert active == ([["mse/layer1"]] * 1 + [["mse/layer2"]] * 2 + [["mse/layer3"]] * 3 + [["mse/layer4"]] * 4
                       + [["pkt/avgpool"]])
     assert trained.curriculum.critical_end == 10
+
+
+@pytest.mark.parametrize("name", ["self-drg", "cascade-ta"])
+def test_methods_with_their_own_loop_refuse_a_users_student_instead_of_training_the_preset(name) -> None:
+    from indistill_lab import Context, RunConfig, get_method
+
+    ctx = Context(RunConfig(), _synthetic(2, seed=0), student=lambda: resnet18(num_classes=4))
+    with pytest.raises(ValueError, match=f"{name} trains the configuration's preset student.*Context.student"):
+        get_method(name).train(ctx)

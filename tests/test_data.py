@@ -149,3 +149,21 @@ def test_split_from_dataset_needs_tensor_images():
 
     with pytest.raises(TypeError, match=r"Item 0 .*image is a list.*transform=ToTensor\(\)"):
         data.split_from_dataset(Pictures())
+
+
+def test_splits_from_a_folder_share_the_training_statistics(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    train_x, test_x = torch.rand(9, 2, 4, 4, generator=g) * 3 + 1, torch.rand(4, 2, 4, 4, generator=g)
+    torch.save({"x": train_x, "y": torch.arange(9) % 3, "class_names": ["a", "b", "c"]}, tmp_path / "train.pt")
+    torch.save({"x": test_x, "y": torch.tensor([0, 1, 0, 1])}, tmp_path / "test.pt")  # no class 2 in the test set
+    train, test = data.splits_from_folder(tmp_path, standardise=True)
+    assert train.info.class_names == test.info.class_names == ("a", "b", "c") and test.info.num_classes == 3
+    assert test.info.mean == train.info.mean and test.info.std == train.info.std
+    assert torch.allclose(test.denormalise(test.x), test_x.clamp(0, 1), atol=1e-6)  # test_x lies in [0, 1)
+    assert not torch.allclose(test.x.mean(dim=(0, 2, 3)), torch.zeros(2), atol=0.1)  # not its own statistics
+    (tmp_path / "test.pt").unlink()
+    with pytest.raises(FileNotFoundError, match=r"test.pt is missing.*torch.save\(\{'x'"):
+        data.splits_from_folder(tmp_path)
+    torch.save([test_x], tmp_path / "test.pt")
+    with pytest.raises(ValueError, match="must hold a dict with 'x'"):
+        data.splits_from_folder(tmp_path)

@@ -16,6 +16,7 @@ when the package is, so its `@register` runs and the CLI, `reproduce` and the no
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterable
 
@@ -98,6 +99,24 @@ class Method:
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    own_student: ClassVar[bool] = False
+    """Set True on a method whose own `train` builds its student with `ctx.new_student()`; a method that
+    overrides `train` without it refuses a context with a student of the user's (it would train the preset)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("train")
+        if own is None or cls.__dict__.get("own_student", False):
+            return
+
+        @functools.wraps(own)
+        def train(self: "Method", ctx: Context, *args: Any, **kw: Any) -> Trained:
+            if ctx.student is not None:
+                raise ValueError(f"{self.name} trains the configuration's preset student in its own loop, so it "
+                                 "cannot train a student of your own (Context.student) yet; use a curriculum method.")
+            return own(self, ctx, *args, **kw)
+
+        cls.train = train  # type: ignore[method-assign]
 
     def curriculum(self, student: nn.Module, ctx: Context) -> Curriculum | None:
         """The distillation schedule, or None for cross-entropy alone."""
