@@ -36,6 +36,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "CurriculumObjective": ("objective", "CurriculumObjective"), "Sources": ("sources", "Sources"),
     "KeptChannels": ("sources", "KeptChannels"),
     "Trainer": ("train", "Trainer"), "Callback": ("train", "Callback"), "History": ("train", "History"),
+    "TensorBoard": ("tracking", "TensorBoard"),
     # measuring
     "accuracy": ("metrics", "accuracy"), "embeddings": ("metrics", "embeddings"),
     "retrieval_metrics": ("metrics", "retrieval_metrics"), "evaluate_retrieval": ("metrics", "evaluate_retrieval"),
