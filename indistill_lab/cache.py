@@ -3,7 +3,8 @@
 Notebooks browse expensive sweeps with sliders; the sweep runs once (or when asked with
 `refresh=True`) and its result is committed, so a fresh clone opens the notebook instantly.
 The file name carries a hash of the parameters, so changing a parameter never returns a
-stale result.
+stale result. A committed result is never overwritten (a refresh returns the fresh result without
+storing it), and quick mode stores its results under the git-ignored `results/quick/`.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import REPO_ROOT
+from .config import REPO_ROOT, quick_mode
+from .results import is_tracked
 
 CACHE_DIR = REPO_ROOT / "results" / "precomputed"
 
@@ -25,6 +27,13 @@ def cache_path(name: str, params: dict[str, Any], folder: Path | None = None) ->
     return Path(folder or CACHE_DIR) / f"{name}-{digest}.json"
 
 
+def _quick_twin(path: Path) -> Path:
+    """Where quick mode stores `path`: the same place under the git-ignored results/quick/."""
+    results = REPO_ROOT / "results"
+    inside = results in path.resolve().parents
+    return results / "quick" / path.resolve().relative_to(results) if inside else path
+
+
 def cached(name: str, params: dict[str, Any], compute: Callable[[], Any],
            refresh: bool = False, folder: Path | None = None) -> Any:
     """Return the stored result of `compute()` for (`name`, `params`), computing and storing it if absent.
@@ -33,9 +42,14 @@ def cached(name: str, params: dict[str, Any], compute: Callable[[], Any],
     `compute()` must return JSON-serialisable data.
     """
     path = cache_path(name, params, folder)
-    if path.is_file() and not refresh:
-        return json.loads(path.read_text())["result"]
+    places = [path, _quick_twin(path)] if quick_mode() else [path]
+    for place in places:
+        if place.is_file() and not refresh:
+            return json.loads(place.read_text())["result"]
     result = compute()
+    if is_tracked(path):  # a committed result stays as committed: the fresh one is returned, not stored
+        return result
+    path = places[-1]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps({"name": name, "params": params, "created": time.strftime("%Y-%m-%d %H:%M"),

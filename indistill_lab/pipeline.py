@@ -15,6 +15,7 @@ import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
@@ -31,6 +32,7 @@ from .data import Loader, Split, crop_flip, load_split
 from .feature_cache import FeatureCache, IndexedLoader
 from .models import build_model
 from .pruning import prune_to_widths
+from .results import results_dir
 from .sources import KeptChannels, ReferenceTargets, Sources
 from .train import OPTIMIZER_STATE_POLICIES, Callback, Trainer
 
@@ -193,9 +195,16 @@ def train_auxiliary_pkt(teacher: nn.Module, cfg: RunConfig, train: Split, seed: 
     return aux.cpu().eval()
 
 
+def aux_cache_dirs() -> list[Path]:
+    """Where trained auxiliaries are cached: `cache/` in the results folder (results/quick/cache in quick
+    mode, $INDISTILL_OUT/cache when set), then the repository's results/cache (the committed ones)."""
+    return list(dict.fromkeys([results_dir() / "cache", CACHE_DIR]))
+
+
 def auxiliary_pkt(teacher: nn.Module, cfg: RunConfig, train: Split, progress: bool = False) -> nn.Module:
     """The PKT auxiliary: the zoo's ('auxiliary-pkt') when it was made with this recipe, else one from
-    `CACHE_DIR` trained earlier with the same recipe, else trained now and saved there (never in the zoo)."""
+    cache trained earlier with the same recipe (`aux_cache_dirs`), else trained now and saved in the first of
+    those folders (never in the zoo)."""
     recipe = {"aux_epochs": cfg.aux_epochs, "epoch_size": cfg.epoch_size, "lr": cfg.lr,
               "train_size": cfg.train_size, "dataset": cfg.dataset}
     entry = zoo.read_manifest()["models"].get("auxiliary-pkt")
@@ -203,9 +212,10 @@ def auxiliary_pkt(teacher: nn.Module, cfg: RunConfig, train: Split, progress: bo
         return zoo.load("auxiliary-pkt")
     key = hashlib.sha256(json.dumps({**recipe, "quick": quick_mode(), "zoo": cfg.use_zoo},
                                     sort_keys=True).encode()).hexdigest()[:10]
-    path = CACHE_DIR / f"auxiliary-pkt-{key}.pt"
-    if path.is_file():
-        return zoo.load_file(path)
+    for path in (folder / f"auxiliary-pkt-{key}.pt" for folder in aux_cache_dirs()):
+        if path.is_file():
+            return zoo.load_file(path, kind="cache")
+    path = aux_cache_dirs()[0] / f"auxiliary-pkt-{key}.pt"
     aux = train_auxiliary_pkt(teacher, cfg, train, progress=progress)
     zoo.save_model(aux, path)
     return aux

@@ -8,8 +8,10 @@ from indistill_lab.data import Split, dataset_info
 
 
 @pytest.fixture(autouse=True)
-def _quick(monkeypatch: pytest.MonkeyPatch) -> None:
+def _quick(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Quick mode, and results, caches and checkpoints written outside the repository."""
     monkeypatch.setenv("INDISTILL_QUICK", "1")
+    monkeypatch.setenv("INDISTILL_OUT", str(tmp_path_factory.getbasetemp() / "out"))
     torch.manual_seed(0)
 
 

@@ -150,11 +150,11 @@ def test_reference_targets_equal_an_isolated_pruned_conv_with_batch_statistics_b
 def test_variant_runs_never_touch_the_zoo(tmp_path, monkeypatch, tiny_split):
     """A non-default recipe trains its PKT auxiliary into the cache folder; data/zoo stays byte-identical."""
     before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in zoo.ZOO_DIR.rglob("*") if p.is_file()}
-    monkeypatch.setattr(pipeline, "CACHE_DIR", tmp_path)
+    monkeypatch.setenv("INDISTILL_OUT", str(tmp_path))
     cfg = RunConfig(**{**TINY, "use_zoo": True, "aux_epochs": 1, "epoch_size": 32})
     teacher = zoo.load("teacher")
     aux = pipeline.auxiliary_pkt(teacher, cfg, tiny_split)
-    cached = list(tmp_path.glob("auxiliary-pkt-*.pt"))
+    cached = list((tmp_path / "cache").glob("auxiliary-pkt-*.pt"))
     assert len(cached) == 1
     again = pipeline.auxiliary_pkt(teacher, cfg, tiny_split)  # loaded from the cache, not retrained
     assert all(torch.equal(a, b) for a, b in zip(aux.state_dict().values(), again.state_dict().values()))

@@ -17,7 +17,11 @@ when the package is, so its `@register` runs and the CLI, `reproduce` and the no
 from __future__ import annotations
 
 import functools
+import hashlib
+import inspect
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable
 
 import torch
@@ -49,6 +53,8 @@ class Context:
     sources: Sources | None = None
     loader: IndexedLoader | None = None
     cache: FeatureCache | None = None
+    checkpoint: Path | None = None
+    """Where the Trainer keeps the run's last finished epoch, so a killed run resumes there (None: nowhere)."""
     student: Callable[[], nn.Module] | None = None
 
     def new_student(self) -> nn.Module:
@@ -149,11 +155,26 @@ class Method:
             objective = CurriculumObjective(curriculum, sources, student, example=ctx.train.x[:4],
                                             teacher_features=targets(ctx.cfg, sources, loader, ctx.cache))
         trainer = Trainer(student, objective, lr=ctx.cfg.lr, lr_schedule=ctx.cfg.lr_schedule, seed=seed,
-                          callbacks=callbacks, progress=progress, optimizer_state=ctx.cfg.optimizer_state)
+                          callbacks=callbacks, progress=progress, optimizer_state=ctx.cfg.optimizer_state,
+                          checkpoint=ctx.checkpoint)
+        trainer.resume()
         trainer.fit(loader, ctx.cfg.epochs if epochs is None else epochs)
         if trainer.history.stopped and not trainer.history.requested:
             raise RuntimeError(f"{self.name}: training stopped ({trainer.history.stopped}).")
         return Trained(student.cpu().eval(), trainer.history, self.trains_head(curriculum, student), curriculum)
+
+    def identity(self) -> str:
+        """10 hex digits that change when this method's recipe changes: the source of its classes (up to
+        `Method`), their settings (class attributes) and the instance's parameters. A results table keys its rows by it, so an edited method (another
+        temperature, another loss) is rerun, not silently reused. Code it shares with other methods
+        (losses, the Trainer) is not included: rerun with --force after changing that."""
+        classes = [c for c in type(self).__mro__ if issubclass(c, Method) and c is not Method]
+        settings = {k: v for c in reversed(classes) for k, v in vars(c).items()
+                    if not k.startswith("_") and not callable(v) and not isinstance(v, (classmethod, staticmethod,
+                                                                                        property))}
+        text = "".join(inspect.getsource(c) for c in classes) + json.dumps([settings, vars(self)], sort_keys=True,
+                                                                          default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:10]
 
     def __repr__(self) -> str:
         return f"<method {self.name}: {self.description}>"
