@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -55,7 +55,8 @@ class ModelSpec:
 
     def check(self, model: nn.Module) -> "ModelSpec":
         """This spec, after checking that every path exists in `model` (one error lists every unknown
-        path with the closest valid ones) and that the classifier is a Linear layer."""
+        path with the closest valid ones), that the classifier is a Linear layer, and, with one probe pass of
+        `input_shape`, that the embedding's output (flattened) is the classifier's input size."""
         valid = module_paths(model)
         roles = [*(("stage", p) for p in self.stages), ("embedding", self.embedding), ("classifier", self.classifier)]
         problems = [f"{role} {p!r} is not a module path of {type(model).__name__}" + _closest(p, valid)
@@ -69,6 +70,14 @@ class ModelSpec:
             linears = [p for p, m in model.named_modules() if isinstance(m, nn.Linear)]
             raise SpecError(f"classifier {self.classifier!r} is a {type(head).__name__}, not an nn.Linear; the "
                             f"classifier is the last Linear layer (Linear layers: {', '.join(linears) or 'none'}).")
+        size = next((out[0].numel() for _, _, out in _call_order(model, self.input_shape, [self.embedding])), None)
+        if size is None:
+            raise SpecError(f"embedding {self.embedding!r} gives no tensor in a forward pass (never called, or it "
+                            "returns something else); name the layer whose output feeds the classifier.")
+        if size != head.in_features:
+            raise SpecError(f"embedding {self.embedding!r} gives {size} features per input but classifier "
+                            f"{self.classifier!r} takes {head.in_features}: the embedding is the layer whose output "
+                            "feeds the classifier (e.g. 'avgpool' in a torchvision ResNet); propose_spec finds it.")
         return self
 
     def module(self, model: nn.Module, role: str) -> nn.Module:
@@ -101,7 +110,8 @@ def with_spec(model: nn.Module, spec: ModelSpec) -> nn.Module:
 
 def described(model: nn.Module) -> ModelSpec | None:
     """The spec attached with `with_spec`, else the one a kit model gives (`stage_paths`, `embedding_path`,
-    `classifier`, `in_channels`/`image_size`), else None."""
+    `classifier`, `in_channels`/`image_size`; 32x32 for the CIFAR PreActResNet18, which has no image size),
+    else None."""
     attached = model.__dict__.get(SPEC_ATTRIBUTE)
     if isinstance(attached, ModelSpec):
         return attached
@@ -131,14 +141,21 @@ def _first_conv_channels(model: nn.Module) -> int | None:
     return next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), None)
 
 
-def _call_order(model: nn.Module, input_shape: Sequence[int]) -> list[tuple[str, nn.Module, torch.Tensor]]:
-    """(path, module, output) of every leaf module in the order one forward pass calls them."""
+def _call_order(model: nn.Module, input_shape: Sequence[int],
+                paths: Sequence[str] | None = None) -> list[tuple[str, nn.Module, torch.Tensor]]:
+    """(path, module, output) of the modules at `paths` (default: every leaf module) in the order one forward
+    pass of two zero inputs shaped `input_shape` calls them (eval mode, no grad)."""
     order: list[tuple[str, nn.Module, torch.Tensor]] = []
-    handles = []
-    for path, module in model.named_modules():
-        if path and not any(True for _ in module.children()):
-            handles.append(module.register_forward_hook(
-                lambda m, _i, out, p=path: order.append((p, m, out)) if isinstance(out, torch.Tensor) else None))
+
+    def record(path: str) -> Callable[..., None]:
+        def hook(module: nn.Module, _inputs: tuple, output: Any) -> None:
+            if isinstance(output, torch.Tensor):
+                order.append((path, module, output))
+        return hook
+
+    wanted = set(paths) if paths is not None else None
+    handles = [module.register_forward_hook(record(path)) for path, module in model.named_modules()
+               if path and (path in wanted if wanted is not None else not any(True for _ in module.children()))]
     device = next(model.parameters(), torch.empty(0)).device
     try:
         with eval_mode(model), torch.no_grad():

@@ -193,3 +193,11 @@ def test_methods_with_their_own_loop_refuse_a_users_student_instead_of_training_
     ctx = Context(RunConfig(), _synthetic(2, seed=0), student=lambda: resnet18(num_classes=4))
     with pytest.raises(ValueError, match=f"{name} trains the configuration's preset student.*Context.student"):
         get_method(name).train(ctx)
+
+
+def test_an_embedding_that_does_not_feed_the_classifier_is_refused() -> None:
+    with pytest.raises(SpecError, match=r"embedding 'layer3' gives 1024 features per input but classifier 'fc' "
+                                        r"takes 512.*'avgpool'"):
+        with_spec(resnet18(num_classes=4), ModelSpec(("layer1",), "layer3", "fc", (3, 32, 32)))
+    with pytest.raises(SpecError, match=r"probe input of shape \(1, 32, 32\) does not run through ResNet"):
+        with_spec(resnet18(num_classes=4), ModelSpec(("layer1",), "avgpool", "fc", (1, 32, 32)))
