@@ -90,11 +90,6 @@ class ModelSpec:
             model(x)
         return taps[self.embedding].flatten(1)
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON/TOML-able form; `ModelSpec(**d)` rebuilds it."""
-        return {"stages": list(self.stages), "embedding": self.embedding, "classifier": self.classifier,
-                "input_shape": list(self.input_shape)}
-
 
 def _closest(path: str, valid: list[str]) -> str:
     close = difflib.get_close_matches(path, valid, n=3)
