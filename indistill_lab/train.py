@@ -23,7 +23,9 @@ A non-finite loss or Ctrl-C stops training cleanly: the model is put back to the
 finished epoch and the checkpoint on disk is never half-written. A callback ends training with
 `trainer.stop(reason)` (early stopping): recorded as `history.stopped = reason`.
 The training data is any re-iterable of (x, y) batches: the kit's `Loader` (seeded, resumable shuffles)
-or e.g. a torch `DataLoader`; `set_epoch(epoch)` is called on it when it has one.
+or e.g. a torch `DataLoader`; `set_epoch(epoch)` is called on it when it has one. A resumed run repeats
+the uninterrupted one exactly only when the data's order depends on the epoch alone (the kit's `Loader`,
+or a sampler seeded by `set_epoch`); a shuffling DataLoader draws from torch's global generator.
 Under torchrun (`indistill_lab.distributed`) the same loop trains one model on several processes:
 each takes its share of every batch, gradients are averaged, rank 0 writes the checkpoint.
 """
