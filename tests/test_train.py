@@ -170,3 +170,20 @@ def test_a_per_sample_loss_term_is_named_in_the_error(tiny_split):
         _trainer(objective=per_sample).fit(Loader(tiny_split, 16, seed=1), 1)
     with pytest.raises(TypeError, match="Loss term 'ce' is a float"):
         _trainer(objective=lambda m, x, y, e: {"ce": 1.0}).fit(Loader(tiny_split, 16, seed=1), 1)
+
+
+def test_resume_with_a_shuffling_dataloader_repeats_the_uninterrupted_run(tmp_path, tiny_split):
+    """The checkpoint keeps torch's generator, from which a shuffling DataLoader draws each epoch's order."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    def data():
+        return DataLoader(TensorDataset(tiny_split.x, tiny_split.y), batch_size=16, shuffle=True)
+
+    straight = _trainer()
+    straight.fit(data(), 3)
+    first = _trainer(tmp_path)
+    first.fit(data(), 1)
+    resumed = _trainer(tmp_path)
+    assert resumed.resume() and resumed.epoch == 1
+    resumed.fit(data(), 3)
+    assert torch.equal(_weights(straight.model), _weights(resumed.model))
