@@ -25,8 +25,8 @@ finished epoch and the checkpoint on disk is never half-written. A callback ends
 The training data is any re-iterable of (x, y) batches: the kit's `Loader` (seeded, resumable shuffles)
 or e.g. a torch `DataLoader`; `set_epoch(epoch)` is called on it when it has one. A resumed run repeats
 the uninterrupted one exactly when the data's order depends on the epoch (the kit's `Loader`) or on torch's
-global generator, which the checkpoint keeps (a shuffling DataLoader without its own generator, with
-worker processes or not: tested for none).
+global generator, which the checkpoint keeps (a shuffling DataLoader without a generator of its own;
+tested without worker processes).
 Under torchrun (`indistill_lab.distributed`) the same loop trains one model on several processes:
 each takes its share of every batch, gradients are averaged, rank 0 writes the checkpoint.
 """
