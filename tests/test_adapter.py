@@ -201,3 +201,27 @@ def test_an_embedding_that_does_not_feed_the_classifier_is_refused() -> None:
         with_spec(resnet18(num_classes=4), ModelSpec(("layer1",), "layer3", "fc", (3, 32, 32)))
     with pytest.raises(SpecError, match=r"probe input of shape \(1, 32, 32\) does not run through ResNet"):
         with_spec(resnet18(num_classes=4), ModelSpec(("layer1",), "avgpool", "fc", (1, 32, 32)))
+
+
+def _blocks_net() -> nn.Module:
+    """A model of the user's own: stages are 'blocks.0' and 'blocks.1', no stageN/layerN names."""
+    def block(cin: int, cout: int) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2))
+
+    model = nn.Sequential()
+    model.add_module("blocks", nn.Sequential(block(1, 8), block(8, 16)))
+    model.add_module("pool", nn.AdaptiveAvgPool2d(1))
+    model.add_module("flat", nn.Flatten())
+    model.add_module("head", nn.Linear(16, 3))
+    return model
+
+
+def test_per_stage_widths_follow_the_description_of_a_users_model() -> None:
+    model = with_spec(_blocks_net(), ModelSpec(("blocks.0", "blocks.1"), "flat", "head", (1, 12, 12)))
+    assert propose_spec(model) == ModelSpec(("blocks.0.3", "blocks.1.3"), "flat", "head", (1, 224, 224))
+    pruned, report = prune_to_widths(model, [4, 6])
+    assert (pruned.blocks[0][0].out_channels, pruned.blocks[1][0].out_channels, pruned.head.in_features) == (4, 6, 6)
+    assert spec_of(pruned).stages == ("blocks.0", "blocks.1")
+    pooled = with_spec(_blocks_net(), ModelSpec(("blocks.0.3", "blocks.1.3"), "flat", "head", (1, 12, 12)))
+    with pytest.raises(ValueError, match=r"Stage 'blocks.0.3' of Sequential holds no prunable conv.*dict"):
+        prune_to_widths(pooled, [4, 6])
