@@ -172,6 +172,8 @@ def test_the_kits_distillation_methods_run_on_a_torchvision_pair_through_the_pub
         assert trained.trains_head == (name in ("student-ce", "hinton-kd", "indistill-kd")), name
         scores = evaluate_student(student, ctx.train, test, trained_head=trained.trains_head)
         assert 0.0 <= scores["accuracy"] <= 100.0 and scores["map_e"] > 0.0, (name, scores)
+    with pytest.raises(ValueError, match="indistill-reference needs the reference code's targets.*kept-channels"):
+        get_method("indistill-reference").train(ctx, seed=0)
 
 
 def test_indistill_paper_on_the_pair_distils_each_stage_in_turn() -> None:

@@ -84,6 +84,13 @@ class InDistillReference(InDistill):
                    "unpruned auxiliary's previous stage, BN with beta 0 on batch statistics, then PKT")
     targets_from = "reference"
 
+    def curriculum(self, student: nn.Module, ctx: Context) -> Curriculum:
+        if ctx.sources is not None and self.targets_from not in ctx.sources._modules:
+            raise ValueError(f"{self.name} needs the reference code's targets (source 'reference'), which exist only "
+                             "for the paper's ConvNets (one conv per stage); these sources have "
+                             f"{', '.join(ctx.sources._modules)}. Use indistill-kept-channels for other models.")
+        return super().curriculum(student, ctx)
+
 
 @register
 class InDistillFinetuned(InDistill):
