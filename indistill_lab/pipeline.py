@@ -14,7 +14,7 @@ import copy
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -69,6 +69,9 @@ class RunConfig:
     kd_temperature: float = 4.0
     prune_criterion: str = "L1"
     aux_epochs: int = 3
+    aux_epoch_size: int | None = 12_000
+    """Examples per epoch of the PKT auxiliary's training, apart from the students' `epoch_size`, so a short
+    student run reuses the auxiliary a long one trained."""
     finetune_epochs: int = 1
     teacher_epochs: int = 80
     train_size: int | None = None
@@ -107,12 +110,15 @@ class RunConfig:
         """A short hash of the configuration (seed excluded): rows with the same digest are comparable. It
         includes quick mode (`quick`, default: the current mode), which shrinks the data."""
         key = {**asdict(self), "quick": quick_mode() if quick is None else quick}
+        if self.aux_epoch_size == self.epoch_size:  # the recipe before the field existed: digests unchanged
+            del key["aux_epoch_size"]
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
 
     @classmethod
     def paper(cls, dataset: str = "fashion-mnist", **changes: Any) -> "RunConfig":
         """The paper's 70-epoch protocol: a = 2 (3, 4, 5 epochs), 60 epochs at 1e-3 then 10 at 1e-4, full passes."""
-        return cls(dataset=dataset, epochs=70, epoch_size=None, a=2, lr_drop_epoch=60, aux_epochs=70, **changes)
+        return cls(**{"dataset": dataset, "epochs": 70, "epoch_size": None, "a": 2, "lr_drop_epoch": 60,
+                      "aux_epochs": 70, "aux_epoch_size": None, **changes})
 
     @classmethod
     def cifar10_paper(cls, **changes: Any) -> "RunConfig":
@@ -188,7 +194,7 @@ def train_auxiliary_pkt(teacher: nn.Module, cfg: RunConfig, train: Split, seed: 
     else:
         aux = zoo.load("auxiliary") if _zoo_has(cfg, "auxiliary") else build(cfg, "auxiliary")
     sources = Sources(teacher=teacher)
-    loader = make_loader(cfg, train, seed)
+    loader = make_loader(replace(cfg, epoch_size=cfg.aux_epoch_size), train, seed)
     objective = CurriculumObjective(auxiliary_pkt_curriculum(teacher, aux, cfg.aux_epochs), sources, aux,
                                     example=train.x[:2], teacher_features=targets(cfg, sources, loader))
     Trainer(aux, objective, lr=cfg.lr, seed=seed, callbacks=callbacks, progress=progress).fit(loader, cfg.aux_epochs)
@@ -205,7 +211,7 @@ def auxiliary_pkt(teacher: nn.Module, cfg: RunConfig, train: Split, progress: bo
     """The PKT auxiliary: the zoo's ('auxiliary-pkt') when it was made with this recipe, else one from
     cache trained earlier with the same recipe (`aux_cache_dirs`), else trained now and saved in the first of
     those folders (never in the zoo)."""
-    recipe = {"aux_epochs": cfg.aux_epochs, "epoch_size": cfg.epoch_size, "lr": cfg.lr,
+    recipe = {"aux_epochs": cfg.aux_epochs, "epoch_size": cfg.aux_epoch_size, "lr": cfg.lr,
               "train_size": cfg.train_size, "dataset": cfg.dataset}
     entry = zoo.read_manifest()["models"].get("auxiliary-pkt")
     if cfg.use_zoo and entry is not None and entry.get("recipe") == recipe:

@@ -151,15 +151,34 @@ def test_variant_runs_never_touch_the_zoo(tmp_path, monkeypatch, tiny_split):
     """A non-default recipe trains its PKT auxiliary into the cache folder; data/zoo stays byte-identical."""
     before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in zoo.ZOO_DIR.rglob("*") if p.is_file()}
     monkeypatch.setenv("INDISTILL_OUT", str(tmp_path))
-    cfg = RunConfig(**{**TINY, "use_zoo": True, "aux_epochs": 1, "epoch_size": 32})
+    cfg = RunConfig(**{**TINY, "use_zoo": True, "aux_epochs": 1, "epoch_size": 32, "aux_epoch_size": 32})
     teacher = zoo.load("teacher")
     aux = pipeline.auxiliary_pkt(teacher, cfg, tiny_split)
     cached = list((tmp_path / "cache").glob("auxiliary-pkt-*.pt"))
     assert len(cached) == 1
-    again = pipeline.auxiliary_pkt(teacher, cfg, tiny_split)  # loaded from the cache, not retrained
+    # loaded from the cache, not retrained, also for students of another epoch size (the recipe is the aux's own)
+    again = pipeline.auxiliary_pkt(teacher, RunConfig(**{**TINY, "use_zoo": True, "aux_epochs": 1, "epoch_size": 16,
+                                                          "aux_epoch_size": 32}), tiny_split)
+    assert len(list((tmp_path / "cache").glob("auxiliary-pkt-*.pt"))) == 1
     assert all(torch.equal(a, b) for a, b in zip(aux.state_dict().values(), again.state_dict().values()))
     after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in zoo.ZOO_DIR.rglob("*") if p.is_file()}
     assert after == before
+
+
+def test_the_aux_epoch_size_keeps_old_digests_and_short_runs_skip_the_target_cache(tiny_prep):
+    """A configuration whose auxiliary epoch size equals its students' has the digest it had before the field
+    existed (committed tables resume); one run that sees fewer examples than the training set computes its
+    targets batch by batch instead of caching the whole set."""
+    from dataclasses import replace
+
+    from indistill_lab.experiments.runs import shared_cache
+
+    assert RunConfig().digest(quick=False) == "e8b49b4d4a" and RunConfig.paper().digest(quick=False) == "cf5a919776"
+    assert RunConfig(aux_epoch_size=512).digest() != RunConfig().digest()
+    cfg, prep = tiny_prep
+    n = len(prep.train)
+    assert shared_cache(prep, replace(cfg, epochs=7, epoch_size=n // 8, lr_drop_epoch=6), ["indistill-paper"]) is None
+    assert shared_cache(prep, replace(cfg, epochs=7, epoch_size=None, lr_drop_epoch=6), ["indistill-paper"]) is not None
 
 
 def test_adam_state_at_the_switch_is_fresh_under_reset_policies_and_stale_when_kept(tiny_prep):

@@ -43,8 +43,11 @@ def needs_finetune(methods: Sequence[str | Method]) -> bool:
 
 
 def shared_cache(prep: Prepared, cfg: RunConfig, methods: Sequence[str]) -> FeatureCache | None:
-    """Every listed method's targets computed once, up front (None when the configuration disables it)."""
-    if not cfg.cache:
+    """Every listed method's targets computed once, up front. None (targets computed batch by batch) when the
+    configuration disables it or when one run sees fewer examples than the cache would compute: a short run
+    should not pay for a pass over the whole training set."""
+    seen = cfg.epochs * min(cfg.epoch_size or len(prep.train), len(prep.train))
+    if not cfg.cache or seen < len(prep.train):
         return None
     ctx = Context(cfg, prep.train, prep.sources)
     layers = list(dict.fromkeys(p for m in methods for p in get_method(m).source_layers(ctx)))
