@@ -20,7 +20,7 @@ RAW_FASHION := data/FashionMNIST/raw/train-images-idx3-ubyte
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PY_SYS) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
-	$(PY) -m pip install --quiet -e '.[dev,cluster]' $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e '.[dev,cluster,lab]' $(TORCH_SPEC)
 	touch $@
 
 setup: $(VENV)/.installed

@@ -15,6 +15,7 @@ from typing import Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+from .adapter import described
 from .modes import eval_mode
 from .taps import Taps, get_module, stage_containers, tap
 
@@ -114,19 +115,19 @@ def validate(teacher: nn.Module, student: nn.Module, layer_map: LayerMap, input_
 
 
 def _stage_paths(model: nn.Module) -> list[str]:
-    if hasattr(model, "stage_paths"):
-        return list(model.stage_paths)
-    names = stage_containers(model)
+    """The stages of the model's description (`adapter.spec_of`), else its stage1../layer1.. children."""
+    spec = described(model)
+    names = list(spec.stages) if spec is not None else stage_containers(model)
     if not names:
-        raise ValueError(f"{type(model).__name__} has no stage_paths and no stage1../layer1.. children: "
-                         "build the LayerMap by hand with LayerMap.from_pairs.")
+        raise ValueError(f"{type(model).__name__} has no model description (adapter.with_spec) and no "
+                         "stage1../layer1.. children: build the LayerMap by hand with LayerMap.from_pairs.")
     return names
 
 
 def match_by_resolution(teacher: nn.Module, student: nn.Module, input_shape: Sequence[int]) -> LayerMap:
     """Pair the stage outputs of two same-family models that have the same spatial resolution.
 
-    Stages come from `model.stage_paths` (the kit's models) or `stage1..`/`layer1..` children
+    Stages come from the model's description (`adapter.spec_of`) or `stage1..`/`layer1..` children
     (torchvision ResNets). When several stages share a resolution the deepest is used.
     Channel widths may differ: `validate` then tells you to prune.
     """

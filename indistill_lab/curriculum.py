@@ -12,6 +12,13 @@ of training, and the epoch at which the critical learning period ends. Epochs co
     >>> [t.key for t in c.active_terms(7)], [t.key for t in c.active_terms(12)]
     (['mse/stage3'], ['pkt/act_fc1'])
 
+The teacher layer `LABELS` ('labels') stands for the batch's true labels, so cross-entropy is a term
+too: alpha CE + (1 - alpha) KD for the whole run is
+
+    >>> c = Curriculum.throughout([Term(LABELS, OUTPUT, "ce", 0.3), Term("classifier", OUTPUT, "kd", 0.7)], 10)
+    >>> [t.key for t in c.active_terms(9)]
+    ['ce/output', 'kd/output']
+
 Constructors: `Curriculum.paper` (the paper's a + k rule), `Curriculum.from_difficulty`
 (longer phases for harder layers within an epoch budget), `Curriculum.all_at_once` (the
 no-curriculum control) and the plain constructor (by hand). A curriculum checks itself on
@@ -30,11 +37,14 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from .adapter import spec_of
 from .losses import LOSSES, DistillLoss, make_loss
 from .taps import OUTPUT, features, get_module
 
 
 Pair = tuple[str, str]
+LABELS = "labels"
+"""Teacher layer meaning "the batch's true labels" (for the 'ce' loss); not a layer of any model."""
 TeacherFeatures = Callable[[torch.Tensor, Sequence[str]], Mapping[str, torch.Tensor]]
 """Returns the teacher's (detached) features at the given layer paths for a batch `x`."""
 
@@ -126,8 +136,9 @@ class Curriculum:
         return [p for p in self.phases if p.end > self.critical_end]
 
     def layers(self, role: str) -> list[str]:
-        """Distinct layer paths of 'teacher' or 'student' used by any term, in order of use."""
-        return list(dict.fromkeys(getattr(t, role) for t in self.terms()))
+        """Distinct layer paths of 'teacher' or 'student' used by any term, in order of use (the teacher's
+        exclude `LABELS`, which no model computes)."""
+        return list(dict.fromkeys(getattr(t, role) for t in self.terms() if getattr(t, role) != LABELS))
 
     def _describe(self, i: int, p: Phase) -> str:
         return f"phase {i + 1} ({p.teacher} -> {p.student}, {p.loss})"
@@ -218,7 +229,10 @@ class Curriculum:
             spec = term_spec(term)
             if spec in losses:
                 continue
-            s, t = student_feats[term.student], teacher_feats[term.teacher]
+            s = student_feats[term.student]
+            # example labels for a cross-entropy term: class 0 for each example (only shapes matter here)
+            t = (teacher_feats[term.teacher] if term.teacher != LABELS
+                 else torch.zeros(s.shape[0], dtype=torch.long, device=s.device))
             try:
                 losses[spec] = make_loss(term.loss, s, t, **term.params)
                 losses[spec](s, t)
@@ -253,6 +267,13 @@ class Curriculum:
         """Split `budget` epochs over the layers in proportion to their measured difficulty (each gets at least
         `min_epochs`), shallow to deep, one at a time. See `allocate_epochs`."""
         return cls.sequential(pairs, allocate_epochs(difficulty, budget, min_epochs), final, total_epochs, **kwargs)
+
+    @classmethod
+    def throughout(cls, terms: Sequence[Term], total_epochs: int, **kwargs: Any) -> "Curriculum":
+        """Every term active for the whole run (e.g. alpha CE + (1 - alpha) KD), as phases from epoch 0."""
+        phases = tuple(Phase(t.teacher, t.student, t.loss, t.weight, dict(t.params), start=0, epochs=total_epochs)
+                       for t in terms)
+        return cls(phases, None, total_epochs, **kwargs)
 
     @classmethod
     def all_at_once(cls, pairs: Sequence[Pair], epochs: int, final: Term | None, total_epochs: int,
@@ -343,20 +364,27 @@ def allocate_epochs(difficulty: Sequence[float], budget: int, min_epochs: int = 
     return [min_epochs + e for e in extra]
 
 
+def paper_epochs(stages: int, a: int) -> int:
+    """Epochs of the paper's layer-by-layer phase for `stages` layer pairs: layer k alone for a + k epochs.
+
+    >>> paper_epochs(3, 0), paper_epochs(3, 2), paper_epochs(4, 0)
+    (6, 12, 10)
+    """
+    return sum(a + k for k in range(1, stages + 1))
+
+
 def stage_pairs(teacher: nn.Module, student: nn.Module) -> list[Pair]:
-    """Teacher stage k -> student stage k, shallow to deep (models expose `stage_paths`)."""
-    for role, model in (("teacher", teacher), ("student", student)):
-        if not hasattr(model, "stage_paths"):
-            raise TypeError(f"The {role} ({type(model).__name__}) has no `stage_paths`; list the layer pairs by hand.")
-    t, s = list(teacher.stage_paths), list(student.stage_paths)
+    """Teacher stage k -> student stage k, shallow to deep, from the models' descriptions (`adapter.spec_of`)."""
+    t, s = list(spec_of(teacher).stages), list(spec_of(student).stages)
     if len(t) != len(s):
-        raise ValueError(f"The teacher has {len(t)} stages and the student {len(s)}; list the layer pairs by hand.")
+        raise ValueError(f"The teacher has {len(t)} stages ({', '.join(t)}) and the student {len(s)} "
+                         f"({', '.join(s)}); list the layer pairs by hand.")
     return list(zip(t, s))
 
 
 def embedding_term(teacher: nn.Module, student: nn.Module, loss: str = "pkt", weight: float = 1.0) -> Term:
-    """The usual final term: `loss` (PKT by default) between the two models' embeddings."""
-    return Term(teacher.embedding_path, student.embedding_path, loss, weight)
+    """The usual final term: `loss` (PKT by default) between the two models' embedding layers."""
+    return Term(spec_of(teacher).embedding, spec_of(student).embedding, loss, weight)
 
 
 def term_spec(term: Term) -> str:

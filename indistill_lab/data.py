@@ -1,11 +1,12 @@
 """Datasets as in-memory tensors, with an offline-first Fashion-MNIST (`fashion_mnist`) and fast
-batch loaders. CIFAR-10 comes from torchvision's download."""
+batch loaders. CIFAR-10 comes from torchvision's download; a user's own data becomes a `Split` with
+`split_from_tensors` or `split_from_dataset`."""
 from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -108,28 +109,125 @@ def load_split(
         raise ValueError(f"split must be 'train' or 'test', not {split!r}.")
     info = dataset_info(name)
     root = Path(root) if root is not None else data_root()
-    if info.name == "fashion-mnist":
-        ensure_fashion_mnist(root)
-        from torchvision.datasets import FashionMNIST
-
-        ds = FashionMNIST(str(root), train=(split == "train"), download=False)
-        images, labels = ds.data, ds.targets
-    else:
-        from torchvision.datasets import CIFAR10
-
-        try:
-            ds = CIFAR10(str(root), train=(split == "train"), download=True)
-        except Exception as exc:
-            raise DatasetUnavailable(
-                f"CIFAR-10 could not be loaded from {root} or downloaded ({exc}). It needs internet "
-                "once; or place torchvision's cifar-10-batches-py folder there."
-            ) from exc
-        images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2)
-        labels = torch.tensor(ds.targets)
+    if info.name not in _READERS:
+        raise KeyError(f"No reader for dataset {info.name!r}: load_split reads {', '.join(_READERS)}. For data of "
+                       "your own, build the splits with split_from_tensors(x, y) or split_from_dataset(dataset).")
+    images, labels = _READERS[info.name](root, split == "train")
     data = Split(_normalise(images, info), labels.long(), info, f"{info.name}/{split}")
     if quick_mode() if quick is None else quick:
         data = data.subset(QUICK_SIZES[split])
     return data
+
+
+def _read_fashion_mnist(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    ensure_fashion_mnist(root)
+    from torchvision.datasets import FashionMNIST
+
+    ds = FashionMNIST(str(root), train=train, download=False)
+    return ds.data, ds.targets
+
+
+def _read_cifar10(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    from torchvision.datasets import CIFAR10
+
+    try:
+        ds = CIFAR10(str(root), train=train, download=True)
+    except Exception as exc:
+        raise DatasetUnavailable(
+            f"CIFAR-10 could not be loaded from {root} or downloaded ({exc}). It needs internet "
+            "once; or place torchvision's cifar-10-batches-py folder there."
+        ) from exc
+    return torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2), torch.tensor(ds.targets)
+
+
+_READERS: dict[str, Callable[[Path, bool], tuple[torch.Tensor, torch.Tensor]]] = {
+    "fashion-mnist": _read_fashion_mnist, "cifar10": _read_cifar10}
+"""How each named dataset's raw uint8 images (N, [C,] H, W) and labels are read."""
+
+
+def split_from_tensors(x: torch.Tensor, y: torch.Tensor, name: str = "custom",
+                       class_names: Sequence[str] | None = None, standardise: bool = False,
+                       like: Split | None = None) -> Split:
+    """A `Split` of a user's own images `x` (N, C, H, W) or (N, H, W) and class labels `y` (N,) in 0..K-1.
+
+    `x` is used as given (float32), unless `standardise=True` which subtracts each channel's mean and
+    divides by its std (recorded in `info`, so `denormalise` inverts it). `like` (the training split) gives
+    the statistics and class names instead, so a test split is standardised like the training one. Images
+    must be square, since the kit's models take one image size. K = len(class_names) or max label + 1.
+    """
+    if like is not None:
+        class_names = like.info.class_names if class_names is None else class_names
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise TypeError(f"x and y must be tensors, got {type(x).__name__} and {type(y).__name__}; "
+                        "use torch.as_tensor on arrays.")
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    if x.dim() != 4 or x.shape[2] != x.shape[3]:
+        raise ValueError(f"x must hold square images shaped (N, C, H, W) or (N, H, W), got {tuple(x.shape)}.")
+    if y.dim() != 1 or len(y) != len(x) or len(y) == 0:
+        raise ValueError(f"y must be one class label per image: shape ({len(x)},), got {tuple(y.shape)}.")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"y must hold integer class indices, got dtype {y.dtype}.")
+    classes = len(class_names) if class_names is not None else int(y.max()) + 1
+    if int(y.min()) < 0 or int(y.max()) >= classes:
+        raise ValueError(f"labels range over {int(y.min())}..{int(y.max())}; they must be class indices 0..{classes - 1}.")
+    x = x.float()
+    channels = x.shape[1]
+    mean, std = (0.0,) * channels, (1.0,) * channels
+    if like is not None:
+        if like.info.channels != channels:
+            raise ValueError(f"x has {channels} channels but `like` ({like.name}) has {like.info.channels}.")
+        mean, std = like.info.mean, like.info.std
+    elif standardise:
+        mean, std = tuple(x.mean(dim=(0, 2, 3)).tolist()), tuple(x.std(dim=(0, 2, 3)).clamp_min(1e-12).tolist())
+    if like is not None or standardise:
+        x = (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    names = tuple(class_names) if class_names is not None else tuple(str(c) for c in range(classes))
+    info = DatasetInfo(name, channels, int(x.shape[2]), classes, names, mean, std)
+    return Split(x, y.long(), info, name)
+
+
+def split_from_dataset(dataset: Any, name: str = "custom", class_names: Sequence[str] | None = None,
+                       standardise: bool = False) -> Split:
+    """A `Split` holding every item of a map-style dataset (`len(ds)`, `ds[i] -> (image tensor, label)`),
+    e.g. a torchvision dataset built with `transform=ToTensor()`. Held in memory, like the kit's datasets."""
+    if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
+        raise TypeError(f"{type(dataset).__name__} is not a map-style dataset (needs __len__ and __getitem__); "
+                        "for an iterable of batches, pass it to Trainer.fit directly.")
+    if len(dataset) == 0:
+        raise ValueError("The dataset is empty.")
+    images, labels = [], []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        if not (isinstance(item, (tuple, list)) and len(item) >= 2 and isinstance(item[0], torch.Tensor)):
+            got = type(item[0]).__name__ if isinstance(item, (tuple, list)) and item else type(item).__name__
+            raise TypeError(f"Item {i} of the dataset is not (image tensor, label) (the image is a {got}); build "
+                            "the dataset with a transform that returns tensors, e.g. transform=ToTensor().")
+        images.append(item[0])
+        labels.append(int(item[1]))
+    return split_from_tensors(torch.stack(images), torch.tensor(labels), name, class_names, standardise)
+
+
+def splits_from_folder(folder: Path | str, standardise: bool = False) -> tuple[Split, Split]:
+    """(train, test) from a folder holding `train.pt` and `test.pt`, each saved with
+    `torch.save({"x": images, "y": labels}, ...)` (optionally with "class_names"). With `standardise=True`
+    both are standardised with the training split's channel statistics."""
+    folder = Path(folder)
+    splits: list[Split] = []
+    for part in ("train", "test"):
+        path = folder / f"{part}.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: the folder needs train.pt and test.pt, each saved with "
+                                    "torch.save({'x': images, 'y': labels}, path).")
+        content = torch.load(path, weights_only=True)
+        if not isinstance(content, dict) or not {"x", "y"} <= set(content):
+            got = sorted(content) if isinstance(content, dict) else type(content).__name__
+            raise ValueError(f"{path} must hold a dict with 'x' (images) and 'y' (labels), got {got}.")
+        names = content.get("class_names") or (splits[0].info.class_names if splits else None)
+        like = splits[0] if splits and standardise else None
+        splits.append(split_from_tensors(content["x"], content["y"], f"{folder.name}/{part}", names,
+                                         standardise=standardise and not splits, like=like))
+    return splits[0], splits[1]
 
 
 BatchTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]

@@ -1,8 +1,8 @@
 """Data-parallel training of one model over several processes started by torchrun.
 
     torchrun --nproc-per-node 2 my_training.py        # gloo on CPUs; on a GPU machine one process per GPU (NCCL)
-    torchrun --nproc-per-node 4 -m indistill_lab.distributed --dataset cifar10 --model preact-resnet18 \
-        --epochs 80 --batch-size 512 --out runs/teacher-cifar10.pt    # a model trained with CE (`main`)
+    torchrun --nproc-per-node 4 -m indistill_lab.experiments.train_model --dataset cifar10 \
+        --model preact-resnet18 --epochs 80 --batch-size 512 --out runs/teacher-cifar10.pt   # a kit model with CE
 
 In a script of your own:
 
@@ -21,9 +21,7 @@ losses that relate the examples of a batch (PKT's similarities): not the single-
 """
 from __future__ import annotations
 
-import argparse
 import os
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
@@ -96,43 +94,3 @@ def global_batch(values: Mapping[str, float], n: int, device: torch.device) -> t
     dist.all_reduce(sums)
     total = int(sums[0].item())
     return {k: s / total for k, s in zip(values, sums[1:].tolist())}, total
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Train a kit model with cross-entropy, under torchrun or in one process: resumable from
-    `<out>.ckpt`; rank 0 writes the model (zoo format) to `--out` and prints the test accuracy."""
-    from . import zoo
-    from .data import Loader, crop_flip, load_split
-    from .metrics import accuracy
-    from .models import build_model
-    from .train import Trainer
-
-    parser = argparse.ArgumentParser(prog="torchrun --nproc-per-node N -m indistill_lab.distributed",
-                                     description=main.__doc__)
-    parser.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "cifar10"])
-    parser.add_argument("--model", default="teacher", help="teacher, auxiliary, student or preact-resnet18")
-    parser.add_argument("--epochs", type=int, default=80)
-    parser.add_argument("--batch-size", type=int, default=128, help="the global batch, split over the processes")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam's lr; 1e-4 for the last 30 epochs")
-    parser.add_argument("--train-size", type=int, help="a class-balanced subset of the training split")
-    parser.add_argument("--out", type=Path, required=True, help="the trained model (zoo format)")
-    args = parser.parse_args(argv)
-    device = setup()
-    train, test = load_split(args.dataset, "train"), load_split(args.dataset, "test")
-    if args.train_size:
-        train = train.subset(args.train_size)
-    loader = Loader(train, args.batch_size, seed=0, transform=crop_flip() if args.dataset == "cifar10" else None)
-    trainer = Trainer(build_model(args.model, args.dataset), lr=args.lr, lr_schedule={max(args.epochs - 30, 1): 1e-4},
-                      device=device, checkpoint=args.out.with_name(args.out.name + ".ckpt"))
-    trainer.resume()
-    trainer.fit(loader, args.epochs)
-    if is_main():
-        zoo.save_model(trainer.model.cpu(), args.out)
-        print(f"{args.model} on {args.dataset}: {trainer.epoch} epochs on {world()[1]} process(es), test accuracy "
-              f"{accuracy(trainer.model, Loader(test, 1000, shuffle=False), 'cpu'):.4f}; saved {args.out}")
-    teardown()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

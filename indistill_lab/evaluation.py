@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .adapter import spec_of
 from .data import Split
 from .metrics import embeddings, retrieval_metrics
 
@@ -31,18 +32,19 @@ def fit_probe(head: nn.Linear, feats: torch.Tensor, labels: torch.Tensor, epochs
 
 
 def evaluate_student(model: nn.Module, train: Split, test: Split, trained_head: bool = True) -> dict[str, Any]:
-    """Accuracy and retrieval (queries = test, database = train), in percent.
+    """Accuracy and retrieval (queries = test, database = train), in percent, for any model `spec_of` describes.
 
     With `trained_head=False` the model's classifier is first re-fitted as a linear probe on the frozen
     train embeddings (so the saved student is a working classifier); `accuracy_from` says which.
     """
     model = model.cpu().eval()
+    head = spec_of(model).module(model, "classifier")
     db, queries = embeddings(model, train.x, device="cpu"), embeddings(model, test.x, device="cpu")
     if not trained_head:
         with torch.enable_grad():
-            fit_probe(model.classifier, db, train.y)
+            fit_probe(head, db, train.y)
     with torch.no_grad():
-        acc = float((model.classifier(queries).argmax(1) == test.y).float().mean())
+        acc = float((head(queries).argmax(1) == test.y).float().mean())
     out: dict[str, Any] = {"accuracy": round(100 * acc, 2), "accuracy_from": "head" if trained_head else "probe"}
     for distance in ("euclidean", "cosine"):
         m = retrieval_metrics(queries, test.y, db, train.y, distance, top_k=min(100, len(train)))

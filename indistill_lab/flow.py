@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
-from captum.attr import LayerConductance, LayerGradCam
 from torch import nn
 
 from .modes import eval_mode
@@ -106,6 +105,16 @@ def connection_strength(model: nn.Module, layers: Sequence[FlowLayer]) -> list[t
     return out
 
 
+def _captum_attr() -> Any:
+    """captum's `attr` module, imported on first use: captum comes with the `lab` extra, not the library."""
+    try:
+        from captum import attr
+    except ImportError as exc:
+        raise ImportError("Attribution (flow paths) needs captum, part of the notebook stack: "
+                          "pip install 'indistill_lab[lab]' (or pip install captum).") from exc
+    return attr
+
+
 def channel_attributions(model: nn.Module, x: torch.Tensor, target: int, layers: Sequence[FlowLayer] | None = None,
                          n_steps: int = 32, baseline: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Per-channel evidence for class `target` at each block (LayerConductance, summed over space,
@@ -131,7 +140,7 @@ def _per_input_attributions(model: nn.Module, x: torch.Tensor, target: int, laye
     out = []
     with eval_mode(model):
         for layer in layers:
-            cond = LayerConductance(model, get_module(model, layer.out))
+            cond = _captum_attr().LayerConductance(model, get_module(model, layer.out))
             attr = cond.attribute(x, baselines=baseline, target=target, n_steps=n_steps).detach()
             per_channel = attr.sum(dim=(2, 3)).clamp_min(0)
             out.append(per_channel / per_channel.sum(dim=1, keepdim=True).clamp_min(1e-12))
@@ -144,7 +153,8 @@ def attribution_maps(model: nn.Module, x: torch.Tensor, target: int,
     x = _one_input(x)
     layers = flow_layers(model) if layers is None else layers
     with eval_mode(model):
-        return [LayerGradCam(model, get_module(model, layer.out)).attribute(x, target=target, relu_attributions=True)
+        grad_cam = _captum_attr().LayerGradCam
+        return [grad_cam(model, get_module(model, layer.out)).attribute(x, target=target, relu_attributions=True)
                 .detach()[0, 0] for layer in layers]
 
 

@@ -15,6 +15,10 @@ a mismatch raises a `ValueError` that says what to change.
 | `pkt`     | any features (N, ...)           | the batch's similarity structure (Passalis, Tefas)|
 | `mse`     | equal-shaped features           | the features themselves, no encoder (InDistill)   |
 | `fitnets` | features, any channel counts    | teacher features through a learned 1x1 connector  |
+| `ce`      | logits (N, classes), labels (N,)| the true labels (cross-entropy; teacher layer 'labels') |
+
+A new loss is a `DistillLoss` subclass with a `name`, registered with `@register_loss`; a curriculum
+term then names it like the built-in ones.
 
 The self-distillation terms of the multi-source self-KD paper (docs/methods.md, section 3),
 `DRGLoss` and `DSRLoss`, follow the same contract with their own "teacher" tensors.
@@ -54,6 +58,31 @@ class DistillLoss(nn.Module):
         return cls(**params)
 
 
+LOSSES: dict[str, type[DistillLoss]] = {}
+"""Every loss a curriculum term can name, by `name` (filled by `register_loss`)."""
+
+
+def register_loss(cls: type[DistillLoss]) -> type[DistillLoss]:
+    """Class decorator: make a `DistillLoss` subclass available to curricula under `cls.name`.
+
+        @register_loss
+        class CosineLoss(DistillLoss):
+            name = "cosine"
+            def forward(self, student, teacher):
+                return 1 - F.cosine_similarity(student.flatten(1), teacher.flatten(1).detach()).mean()
+    """
+    if not (isinstance(cls, type) and issubclass(cls, DistillLoss)):
+        raise TypeError(f"register_loss takes a DistillLoss subclass (forward(student, teacher) -> scalar), not {cls!r}.")
+    name = cls.__dict__.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{cls.__name__} needs its own `name` (the string curriculum terms use) to be registered.")
+    if name in LOSSES and LOSSES[name] is not cls:
+        raise ValueError(f"Two losses are named {name!r}: {LOSSES[name].__name__} and {cls.__name__}; rename one.")
+    LOSSES[name] = cls
+    return cls
+
+
+@register_loss
 class KDLoss(DistillLoss):
     """Hinton KD: T^2 * KL(softmax(teacher / T) || softmax(student / T)), averaged over the batch.
 
@@ -103,6 +132,7 @@ def _student_t_kernel(x: torch.Tensor, eps: float) -> torch.Tensor:
     return 1.0 / (1.0 + dist)
 
 
+@register_loss
 class PKTLoss(DistillLoss):
     """Probabilistic knowledge transfer, combined form (docs/methods.md, section 1).
 
@@ -148,6 +178,7 @@ def _width_advice(student: torch.Tensor, teacher: torch.Tensor) -> str:
             "networks), or use 'pkt', which compares similarity structure.")
 
 
+@register_loss
 class FeatureMSE(DistillLoss):
     """Direct feature matching, InDistill's intermediate loss: mean squared error between the
     teacher's and the student's (flattened) features of the same shape, with no encoder.
@@ -166,6 +197,7 @@ class FeatureMSE(DistillLoss):
         return F.mse_loss(student, teacher.detach())
 
 
+@register_loss
 class FitNetsHint(DistillLoss):
     """FitNets hint: a learned 1x1-conv connector maps the student's features to the teacher's width,
     then MSE. The baseline InDistill argues against: the connector is extra trainable state
@@ -247,12 +279,36 @@ class DSRLoss(KDLoss):
         return self.beta * super().forward(student.sort(dim=1).values, teacher.sort(dim=1).values)
 
 
-LOSSES: dict[str, type[DistillLoss]] = {cls.name: cls for cls in (KDLoss, PKTLoss, FeatureMSE, FitNetsHint)}
+@register_loss
+class CrossEntropy(DistillLoss):
+    """Cross-entropy of the student's logits against the true labels: a term like the others, so that e.g.
+    "alpha CE + (1 - alpha) KD" is a curriculum. The "teacher" side is the batch's labels (teacher layer
+    'labels', `curriculum.LABELS`).
+
+    >>> round(float(CrossEntropy()(torch.zeros(2, 4), torch.tensor([0, 3]))), 4)   # ln 4
+    1.3863
+    """
+
+    name = "ce"
+
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"{self.name}: label_smoothing must be in [0, 1), got {label_smoothing}.")
+        self.label_smoothing = float(label_smoothing)
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        if student.dim() != 2 or teacher.dim() != 1 or teacher.is_floating_point() or len(teacher) != len(student):
+            raise ValueError(f"{self.name}: expects logits (N, classes) and integer labels (N,); got "
+                             f"{tuple(student.shape)} and {tuple(teacher.shape)} {teacher.dtype}. Use student layer "
+                             "'output' and teacher layer 'labels'.")
+        return F.cross_entropy(student, teacher, label_smoothing=self.label_smoothing)
 
 
 def make_loss(name: str, student: torch.Tensor | None = None, teacher: torch.Tensor | None = None,
               **params: Any) -> DistillLoss:
-    """Build the loss called `name` ('kd', 'pkt', 'mse', 'fitnets'); example features size a connector."""
+    """Build the registered loss called `name` ('kd', 'pkt', 'mse', 'fitnets', 'ce', ...); example features
+    size a connector."""
     if name not in LOSSES:
         raise KeyError(f"Unknown loss {name!r}. Known losses: {', '.join(LOSSES)}.")
     cls = LOSSES[name]

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .adapter import spec_of
 from .config import default_device
 from .modes import eval_mode
 
@@ -55,11 +56,13 @@ def keep_freed_memory(trim_threshold: int = 1 << 30, mmap_threshold: int = 32 <<
 @torch.no_grad()
 def embeddings(model: nn.Module, x: torch.Tensor, batch_size: int = 1024,
                device: torch.device | str | None = None) -> torch.Tensor:
-    """Penultimate features (`model.embed`) of all images in `x`, on the CPU, in eval mode."""
+    """Penultimate features of all images in `x` (the output of the model's embedding layer, flattened: see
+    `adapter.spec_of`), on the CPU, in eval mode."""
+    spec = spec_of(model)
     device = torch.device(device) if device is not None else default_device()
     keep_freed_memory()
     with eval_mode(model):
-        return torch.cat([model.embed(x[i:i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
+        return torch.cat([spec.embed(model, x[i:i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -262,7 +265,7 @@ def retrieval_metrics(query_feats: torch.Tensor, query_labels: torch.Tensor, db_
 def evaluate_retrieval(model: nn.Module, query_split: Split, db_split: Split, top_k: int = 100,
                        batch_size: int = 1024, chunk_size: int = 256,
                        device: torch.device | str | None = None) -> dict[str, dict[str, float]]:
-    """Embed both splits with `model.embed` and return `retrieval_metrics` for both distances.
+    """Embed both splits (`embeddings`) and return `retrieval_metrics` for both distances.
 
     The InDistill protocol: queries = test split, database = train split. Result keys are
     'euclidean' and 'cosine' (the papers' "e" and "c"), each with fractions in [0, 1].

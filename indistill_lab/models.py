@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from .adapter import described
 from .data import DatasetInfo, dataset_info
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -222,8 +223,11 @@ def model_from_config(config: dict[str, Any]) -> nn.Module:
 
 
 def model_input_shape(model: nn.Module, hint: str = "pass input_shape=(C, H, W), e.g. (3, 64, 64)") -> tuple[int, int, int]:
-    """(channels, height, width) a kit model expects, read off its `in_channels` / `image_size`;
-    other models (e.g. torchvision's) raise with `hint`, which says what the caller should pass."""
-    if hasattr(model, "in_channels") and hasattr(model, "image_size"):
-        return (int(model.in_channels), int(model.image_size), int(model.image_size))
-    raise ValueError(f"Cannot infer the input shape of {type(model).__name__}: {hint}.")
+    """(channels, height, width) a model expects: its description's (`adapter.described`: a kit model's
+    `in_channels` / `image_size`, or the spec attached with `with_spec`); other models raise with `hint`,
+    which says what the caller should pass."""
+    spec = described(model)
+    if spec is not None:
+        return spec.input_shape
+    raise ValueError(f"Cannot infer the input shape of {type(model).__name__}: {hint}, or attach a model "
+                     "description with indistill_lab.adapter.with_spec.")

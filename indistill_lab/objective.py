@@ -8,7 +8,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from .curriculum import Curriculum, TeacherFeatures, Term, term_spec
+from .curriculum import LABELS, Curriculum, TeacherFeatures, Term, term_spec
 from .taps import OUTPUT, features
 from .losses import DistillLoss
 from .models import model_input_shape
@@ -35,8 +35,9 @@ class CurriculumObjective(nn.Module):
         if example is None:
             example = _probe_input(student)
         curriculum.check_models(teacher, student)
+        teacher_paths = curriculum.layers("teacher")
         built = curriculum.build_losses(features(student, example, curriculum.layers("student")),
-                                        self.teacher_targets(example, curriculum.layers("teacher")))
+                                        self.teacher_targets(example, teacher_paths) if teacher_paths else {})
         self._slot = {spec: f"term{i}" for i, spec in enumerate(built)}
         self.losses = nn.ModuleDict({self._slot[spec]: loss for spec, loss in built.items()})
 
@@ -63,7 +64,8 @@ class CurriculumObjective(nn.Module):
 
     def forward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
         terms = self.curriculum.active_terms(epoch)
-        targets = self.teacher_targets(x, list(dict.fromkeys(t.teacher for t in terms)))
+        paths = list(dict.fromkeys(t.teacher for t in terms if t.teacher != LABELS))
+        targets = {**(self.teacher_targets(x, paths) if paths else {}), LABELS: y}
         student_paths = list(dict.fromkeys(t.student for t in terms))
         with Taps(model, [p for p in student_paths if p != OUTPUT]) as taps:
             out = model(x)

@@ -22,9 +22,11 @@ import torch
 from torch import nn
 
 from . import zoo
+from .adapter import spec_of
+from .alignment import LayerMap, validate
 from .config import REPO_ROOT, quick_mode, seed_everything
 from .criteria import make_criterion
-from .curriculum import Curriculum, Term
+from .curriculum import Curriculum, Term, paper_epochs, stage_pairs
 from .objective import CurriculumObjective
 from .data import Loader, Split, crop_flip, load_split
 from .feature_cache import FeatureCache, IndexedLoader
@@ -97,8 +99,8 @@ class RunConfig:
 
     @property
     def intermediate_epochs(self) -> int:
-        """Epochs of the paper's layer-by-layer phase: sum of a + k for the 3 stages."""
-        return sum(self.a + k for k in (1, 2, 3))
+        """Epochs of the paper's layer-by-layer phase for the presets' 3 stages: sum of a + k (`paper_epochs`)."""
+        return paper_epochs(3, self.a)
 
     @property
     def lr_schedule(self) -> dict[int, float]:
@@ -177,15 +179,20 @@ def load_teacher(cfg: RunConfig, train: Split | None = None, progress: bool = Fa
 
 def auxiliary_pkt_curriculum(teacher: nn.Module, auxiliary: nn.Module, epochs: int) -> Curriculum:
     """PKT only, teacher embedding -> auxiliary embedding, for every epoch (no cross-entropy)."""
-    return Curriculum((), Term(f"teacher.{teacher.embedding_path}", auxiliary.embedding_path, "pkt"), epochs)
+    return Curriculum((), Term(f"teacher.{spec_of(teacher).embedding}", spec_of(auxiliary).embedding, "pkt"), epochs)
 
 
 def train_auxiliary_pkt(teacher: nn.Module, cfg: RunConfig, train: Split, seed: int = 0,
-                        callbacks: Iterable[Callback] = (), progress: bool = False) -> nn.Module:
-    """The auxiliary after PKT from the teacher's embedding (docs/methods.md, section 1, step 2). Starts from the zoo's
-    cross-entropy auxiliary when there is one (the paper's order), else from random init."""
+                        callbacks: Iterable[Callback] = (), progress: bool = False,
+                        start: nn.Module | None = None) -> nn.Module:
+    """The auxiliary after PKT from the teacher's embedding (docs/methods.md, section 1, step 2). Starts from a copy
+    of `start` when given (a model of your own), else from the zoo's cross-entropy auxiliary when there is one (the
+    paper's order), else from random init."""
     seed_everything(seed)
-    aux = zoo.load("auxiliary") if _zoo_has(cfg, "auxiliary") else build(cfg, "auxiliary")
+    if start is not None:
+        aux = copy.deepcopy(start).requires_grad_(True)
+    else:
+        aux = zoo.load("auxiliary") if _zoo_has(cfg, "auxiliary") else build(cfg, "auxiliary")
     sources = Sources(teacher=teacher)
     loader = make_loader(replace(cfg, epoch_size=cfg.aux_epoch_size), train, seed)
     objective = CurriculumObjective(auxiliary_pkt_curriculum(teacher, aux, cfg.aux_epochs), sources, aux,
@@ -220,17 +227,19 @@ def auxiliary_pkt(teacher: nn.Module, cfg: RunConfig, train: Split, progress: bo
     return aux
 
 
-def prune_auxiliary(aux: nn.Module, cfg: RunConfig, train: Split | None = None) -> tuple[nn.Module, Any]:
-    """The auxiliary pruned to the student's stage widths with the configured criterion (L1 by default):
-    a coherent smaller network. Its first stage's kept channels are unchanged; deeper stages only see the
-    kept inputs, so their features differ from the unpruned ones (see `KeptChannels`)."""
-    student = build(cfg, "student")
+def prune_auxiliary(aux: nn.Module, cfg: RunConfig, train: Split | None = None,
+                    student: nn.Module | None = None) -> tuple[nn.Module, Any]:
+    """The auxiliary pruned to the student's widths (`student`, default the configuration's preset) with the
+    configured criterion (L1 by default): a coherent smaller network whose stages have the student's shapes.
+    Its first stage's kept channels are unchanged; deeper stages only see the kept inputs, so their features
+    differ from the unpruned ones (see `KeptChannels`)."""
+    student = student if student is not None else build(cfg, "student")
     criterion = make_criterion(cfg.prune_criterion, train if train is not None else load_data(cfg)[0])
     # A trainable copy: the Taylor criterion needs gradients, and the result is fine-tuned or distilled from.
     trainable = copy.deepcopy(aux).requires_grad_(True)
-    pruned, report = prune_to_widths(trainable, student.widths, criterion, inplace=True)
-    if pruned.widths != student.widths:
-        raise RuntimeError(f"Pruning left widths {pruned.widths}, not the student's {student.widths}.")
+    pruned, report = prune_to_widths(trainable, student, criterion, inplace=True)
+    # every stage must now have the student's shape (else no stage can be distilled directly)
+    validate(pruned, student, LayerMap.from_pairs(stage_pairs(pruned, student)), spec_of(student).input_shape)
     return pruned.eval(), report
 
 
@@ -286,10 +295,29 @@ def prepare(cfg: RunConfig, progress: bool = False, log: Callable[[str], None] =
     log(f"teacher ready ({time.perf_counter() - t0:.0f} s)")
     aux = auxiliary_pkt(teacher, cfg, train, progress=progress)
     log(f"auxiliary (PKT) ready ({time.perf_counter() - t0:.0f} s)")
-    pruned, report = prune_auxiliary(aux, cfg, train)
+    return _prune_and_collect(cfg, train, test, teacher, aux, build(cfg, "student"), log, finetune, t0)
+
+
+def prepare_models(cfg: RunConfig, train: Split, test: Split, teacher: nn.Module, auxiliary: nn.Module,
+                   student: nn.Module, progress: bool = False, log: Callable[[str], None] = print,
+                   finetune: bool = True) -> Prepared:
+    """The shared stages for models of your own (each described: `adapter.spec_of`): `teacher` as given (trained),
+    a copy of `auxiliary` trained with PKT from the teacher's embedding for `cfg.aux_epochs`, then pruned to the
+    widths of `student` (a model of the student's architecture) and its variants. Nothing is cached. Train the
+    methods with `Context(cfg, prep.train, prep.sources, student=<function returning a fresh student>)`."""
+    t0 = time.perf_counter()
+    aux = train_auxiliary_pkt(teacher, cfg, train, progress=progress, start=auxiliary)
+    log(f"auxiliary (PKT) ready ({time.perf_counter() - t0:.0f} s)")
+    return _prune_and_collect(cfg, train, test, teacher.eval(), aux, student, log, finetune, t0)
+
+
+def _prune_and_collect(cfg: RunConfig, train: Split, test: Split, teacher: nn.Module, aux: nn.Module,
+                       student: nn.Module, log: Callable[[str], None], finetune: bool, t0: float) -> Prepared:
+    """The PKT auxiliary pruned to `student`'s widths, its target variants and the sources of them all."""
+    pruned, report = prune_auxiliary(aux, cfg, train, student)
     log(f"auxiliary pruned: {report.summary()}")
     variants: dict[str, nn.Module] = {"kept": KeptChannels.from_report(aux, report)}
-    if aux.convs_per_stage == 1:
+    if getattr(aux, "convs_per_stage", None) == 1:  # the reference code's targets: the paper's ConvNets only
         variants["reference"] = ReferenceTargets.from_report(aux, report)
     if finetune:
         variants["tuned"] = finetune_pruned(pruned, teacher, cfg, train)

@@ -31,6 +31,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from .adapter import described
 from .criteria import L1, Criterion, Layer
 from .metrics import count_flops, count_parameters
 from .models import model_input_shape
@@ -159,20 +160,24 @@ def _widths_dict(graph: _Graph, widths: Sequence[int] | Mapping[str, int] | nn.M
         for path in out:
             graph.check_path(path)
     else:
-        stages = stage_containers(model)
+        spec = described(model)
+        stages = list(spec.stages) if spec is not None else stage_containers(model)
         if not stages:
             raise ValueError(f"A widths list is a per-stage shorthand, but {type(model).__name__} has no "
-                             "stage1../layer1.. children: pass a dict {layer path: width}, paths from "
-                             "prunable_layers(model).")
+                             "stage1../layer1.. children and no description (adapter.with_spec): pass a dict "
+                             "{layer path: width}, paths from prunable_layers(model).")
         widths = list(widths)
         if len(widths) != len(stages):
             raise ValueError(f"{type(model).__name__} has {len(stages)} stages ({', '.join(stages)}) but "
                              f"{len(widths)} widths were given: {widths}. Give one width per stage.")
         out = {}
         for stage, width in zip(stages, widths):
-            for path in graph.prunable:
-                if path.startswith(stage + ".") and isinstance(graph.modules[path], nn.Conv2d):
-                    out[path] = width
+            convs = [p for p in graph.prunable if p.startswith(stage + ".") and isinstance(graph.modules[p], nn.Conv2d)]
+            if not convs:
+                raise ValueError(f"Stage {stage!r} of {type(model).__name__} holds no prunable conv, so a per-stage "
+                                 "width cannot apply to it: pass a dict {layer path: width}, paths from "
+                                 "prunable_layers(model).")
+            out.update(dict.fromkeys(convs, width))
     for path, width in out.items():
         if isinstance(width, bool) or not isinstance(width, int) or width <= 0:
             raise ValueError(f"Width for {path!r} must be a positive int, got {width!r}.")

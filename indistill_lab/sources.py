@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from .adapter import last_conv, spec_of
 from .alignment import linear_cka
 from .taps import features
 from .taps import Taps
@@ -78,9 +79,14 @@ class KeptChannels(nn.Module):
 
     @classmethod
     def from_report(cls, model: nn.Module, report: Any) -> "KeptChannels":
-        """Kept channels of each stage's last conv, read off a `PruneReport`."""
-        last = f"conv{model.convs_per_stage}"
-        return cls(model, {p: report.kept[f"{p}.{last}"] for p in model.stage_paths})
+        """Kept channels of each stage's last conv (`adapter.last_conv`), read off a `PruneReport`, for the
+        stages of the model's description (`adapter.spec_of`). A stage whose channels were not pruned is
+        not listed in the report: all of its channels are kept."""
+        kept = {}
+        for stage in spec_of(model).stages:
+            conv = last_conv(model, stage)
+            kept[stage] = report.kept.get(conv, range(model.get_submodule(conv).out_channels))
+        return cls(model, kept)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         stages = [p for p, _ in self.named_children() if p != "model"]
@@ -104,9 +110,10 @@ class ReferenceTargets(nn.Module):
 
     def __init__(self, model: nn.Module, kept: Mapping[str, Sequence[int]]) -> None:
         super().__init__()
-        if getattr(model, "convs_per_stage", 1) != 1:
+        if getattr(model, "convs_per_stage", None) != 1:
+            convs = getattr(model, "convs_per_stage", f"not the kit's ConvNet ({type(model).__name__}), so not 1")
             raise ValueError("ReferenceTargets prunes each stage's single conv in isolation, as the reference did; "
-                             f"this model has {model.convs_per_stage} convs per stage. Use KeptChannels or the "
+                             f"this model has {convs} convs per stage. Use KeptChannels or the "
                              "coherent pruned network instead.")
         self.model = model
         for path, channels in kept.items():
@@ -115,7 +122,7 @@ class ReferenceTargets(nn.Module):
     @classmethod
     def from_report(cls, model: nn.Module, report: Any) -> "ReferenceTargets":
         """Kept filters of each stage's conv, read off a `PruneReport`."""
-        return cls(model, {p: report.kept[f"{p}.conv1"] for p in model.stage_paths})
+        return cls(model, {p: report.kept[f"{p}.conv1"] for p in spec_of(model).stages})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         stages = [p for p, _ in self.named_children() if p != "model"]

@@ -28,10 +28,19 @@ OUTPUT = "output"
 """Layer name meaning "the model's output" (logits), e.g. for the KD loss."""
 
 
+LISTED_PATHS = 40
+"""Up to this many valid paths an error lists them all; beyond, the model's top-level modules."""
+
+
 def unknown_path(path: str, model: nn.Module, valid: Sequence[str], listing: str = "Valid paths") -> str:
-    """The message for a layer path `model` lacks: the closest valid paths, then all of them."""
+    """The message for a layer path `model` lacks: the closest valid paths, then all of them (for a large
+    model, e.g. a torchvision ResNet, its top-level modules and how to list every path)."""
     close = difflib.get_close_matches(path, list(valid), n=3)
     hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    if len(valid) > LISTED_PATHS:
+        top = ", ".join(p for p in valid if "." not in p)
+        return (f"Unknown layer path {path!r} in {type(model).__name__}.{hint} Its top-level modules: {top} "
+                "(every path: indistill_lab.taps.module_paths(model)).")
     return f"Unknown layer path {path!r} in {type(model).__name__}.{hint} {listing}: {', '.join(valid)}."
 
 

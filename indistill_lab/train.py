@@ -20,7 +20,13 @@ changes ("phase": the epochs listed by its `phase_starts()`), or cleared at ever
 ("epoch", what the InDistill reference does by re-creating Adam each epoch). It matters: a
 phase of large-gradient MSE leaves a second moment that stalls the next, small-gradient phase.
 A non-finite loss or Ctrl-C stops training cleanly: the model is put back to the last
-finished epoch and the checkpoint on disk is never half-written.
+finished epoch and the checkpoint on disk is never half-written. A callback ends training with
+`trainer.stop(reason)` (early stopping): recorded as `history.stopped = reason`.
+The training data is any re-iterable of (x, y) batches: the kit's `Loader` (seeded, resumable shuffles)
+or e.g. a torch `DataLoader`; `set_epoch(epoch)` is called on it when it has one. A resumed run repeats
+the uninterrupted one exactly when the data's order depends on the epoch (the kit's `Loader`) or on torch's
+global generator, which the checkpoint keeps (a shuffling DataLoader without a generator of its own;
+tested without worker processes).
 Under torchrun (`indistill_lab.distributed`) the same loop trains one model on several processes:
 each takes its share of every batch, gradients are averaged, rank 0 writes the checkpoint.
 """
@@ -34,7 +40,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import torch
 from torch import nn
@@ -67,6 +73,8 @@ class History:
 
     epochs: list[dict[str, float]] = field(default_factory=list)
     stopped: str | None = None
+    requested: bool = False
+    """True when `stopped` came from `Trainer.stop` (a callback's decision), not from an error or Ctrl-C."""
 
     def series(self, key: str) -> list[float]:
         return [e[key] for e in self.epochs if key in e]
@@ -170,6 +178,7 @@ class Trainer:
         self.callbacks, self.progress = list(callbacks), progress
         self.epoch, self.step, self.history = 0, 0, History()
         self._good_state: dict[str, Any] | None = None
+        self._stop_request: str | None = None
         self.rank, self.world_size = distributed.world()
         # under torchrun: the model and the objective as one DistributedDataParallel module
         self._parallel = distributed.data_parallel(model, objective, self.device) if self.world_size > 1 else None
@@ -220,20 +229,42 @@ class Trainer:
         return True
 
     # -- the loop ------------------------------------------------------------------------
-    def fit(self, train: Loader, epochs: int, eval_data: Loader | None = None) -> History:
-        """Train until `epochs` epochs are done in total (a resumed trainer continues)."""
+    def stop(self, reason: str) -> None:
+        """Ask the loop to end (from a callback): after the current batch, or right away from `on_epoch_end`.
+        A partly trained epoch is undone (the model goes back to the last finished epoch, as in a checkpoint);
+        `history.stopped` records `reason` and `history.requested` is True."""
+        if not isinstance(reason, str) or not reason:
+            raise ValueError(f"stop() needs a reason to record, e.g. trainer.stop('val_acc stopped improving'); got {reason!r}.")
+        self._stop_request = reason
+
+    def fit(self, train: Iterable[tuple[torch.Tensor, torch.Tensor]], epochs: int,
+            eval_data: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None) -> History:
+        """Train until `epochs` epochs are done in total (a resumed trainer continues). `train` is any
+        re-iterable of (x, y) batches (each epoch iterates it once); see the module docstring."""
         if epochs < 0:
             raise ValueError(f"epochs must be >= 0, got {epochs}.")
-        if len(train) == 0:
-            raise ValueError(f"The training data gives no batch ({train.examples_per_epoch} examples, batch size "
-                             f"{train.batch_size}{', drop_last' if train.drop_last else ''}); nothing would be "
+        if not hasattr(train, "__iter__"):
+            raise TypeError(f"The training data must be an iterable of (x, y) batches (a Loader, a torch DataLoader, "
+                            f"a list of tensor pairs), not {type(train).__name__}.")
+        if isinstance(train, Iterator):
+            raise TypeError(f"The training data is a one-shot iterator ({type(train).__name__}): every epoch iterates "
+                            "the data anew, so pass a re-iterable (a list of batches, a DataLoader, a Loader).")
+        if hasattr(train, "__len__") and len(train) == 0:
+            detail = (f" ({train.examples_per_epoch} examples, batch size {train.batch_size}"
+                      f"{', drop_last' if train.drop_last else ''})" if isinstance(train, Loader) else "")
+            raise ValueError(f"The training data gives no batch{detail}; nothing would be "
                              "trained. Use a non-empty split or a smaller batch.")
         self._check_labels(train)
         if epochs == 0 and self.epoch == 0:
             warnings.warn("fit(epochs=0): nothing to train; the model is unchanged.", stacklevel=2)
         keep_freed_memory()
         if self.world_size > 1:
+            if not hasattr(train, "set_rank"):
+                raise TypeError(f"Under torchrun the training data must split each batch over the processes "
+                                f"(`set_rank(rank, world_size)`, as the kit's Loader does); {type(train).__name__} "
+                                "cannot: wrap the data in indistill_lab.data.Loader.")
             train.set_rank(self.rank, self.world_size)  # this rank's share of each batch
+        self._stop_request = None
         self._good_state = copy.deepcopy(self.state())
         for cb in self.callbacks:
             cb.on_train_start(self)
@@ -251,6 +282,9 @@ class Trainer:
                     save_checkpoint(self.checkpoint, self._good_state)
                 for cb in self.callbacks:
                     cb.on_epoch_end(self, logs)
+                if self._stop_request is not None:
+                    self._stop(self._stop_request, requested=True)
+                    break
         except KeyboardInterrupt:
             self._stop(f"interrupted during epoch {self.epoch + 1}")
         for cb in self.callbacks:
@@ -279,41 +313,69 @@ class Trainer:
         logs, total = distributed.global_batch(logs, n, self.device)
         return logs, n * self.world_size / total, total
 
-    def _stop(self, reason: str) -> None:
-        """Go back to the last finished epoch and record why training stopped."""
+    def _stop(self, reason: str, requested: bool = False) -> None:
+        """Go back to the last finished epoch and record why training stopped (a warning unless `requested`)."""
         assert self._good_state is not None
         self.load_state(copy.deepcopy(self._good_state))
-        kept = f"; checkpoint {self.checkpoint} keeps epoch {self.epoch}" if self.checkpoint else ""
-        self.history.stopped = reason
-        warnings.warn(f"Training stopped: {reason}. The model is back at the end of epoch {self.epoch}{kept}.",
-                      stacklevel=3)
+        self.history.stopped, self.history.requested = reason, requested
+        if not requested:
+            kept = f"; checkpoint {self.checkpoint} keeps epoch {self.epoch}" if self.checkpoint else ""
+            warnings.warn(f"Training stopped: {reason}. The model is back at the end of epoch {self.epoch}{kept}.",
+                          stacklevel=3)
 
     def _phase_starts(self) -> list[int]:
         starts = getattr(self.objective, "phase_starts", None)
         return list(starts()) if callable(starts) else []
 
-    def _run_epoch(self, train: Loader, epochs: int) -> dict[str, float] | None:
+    @staticmethod
+    def _check_terms(terms: Any) -> None:
+        """The objective's result is a dict of named scalar tensors; say which term is not."""
+        if not isinstance(terms, dict):
+            raise TypeError(f"The objective returned {type(terms).__name__}, not a dict of named loss terms; "
+                            "return e.g. {'ce': loss}.")
+        for name, value in terms.items():
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"Loss term {name!r} is a {type(value).__name__}, not a tensor; return the loss "
+                                "as a scalar tensor that carries gradients.")
+            if value.numel() != 1:
+                raise ValueError(f"Loss term {name!r} has shape {tuple(value.shape)}, not a single number: reduce "
+                                 "it to a scalar (e.g. .mean() over the batch, or F.cross_entropy(..., reduction='mean')).")
+
+    @staticmethod
+    def _batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y) from one item of the training data; anything else raises saying what is needed."""
+        if (isinstance(batch, (tuple, list)) and len(batch) == 2
+                and all(isinstance(t, torch.Tensor) for t in batch)):
+            return batch[0], batch[1]
+        shape = (f"a {type(batch).__name__} of {len(batch)} items" if isinstance(batch, (tuple, list))
+                 else f"a {type(batch).__name__}")
+        raise TypeError(f"Each training batch must be a pair (x, y) of tensors (inputs, class labels), got {shape}. "
+                        "A Dataset of (image, label) items through a torch DataLoader gives such pairs.")
+
+    def _run_epoch(self, train: Iterable[tuple[torch.Tensor, torch.Tensor]], epochs: int) -> dict[str, float] | None:
         if resets_optimizer(self.optimizer_state, self.epoch, self._phase_starts()):
             self.optimizer.state.clear()  # the same as a freshly created optimizer, lr kept
         lr = lr_for_epoch(self.lr_schedule, self.base_lr, self.epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        train.set_epoch(self.epoch)
+        set_epoch = getattr(train, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(self.epoch)
         on_epoch_start = getattr(self.objective, "on_epoch_start", None)
         if callable(on_epoch_start):
             on_epoch_start(self.epoch)
         self.model.train()
         sums: dict[str, float] = {}
         seen, start = 0, time.perf_counter()
-        bar = (tqdm(total=len(train), desc=f"epoch {self.epoch + 1}/{epochs}", leave=False)
+        total = len(train) if hasattr(train, "__len__") else None
+        bar = (tqdm(total=total, desc=f"epoch {self.epoch + 1}/{epochs}", leave=False)
                if self.progress and tqdm is not None and self.rank == 0 else None)
-        for x, y in train:
+        for batch in train:
+            x, y = self._batch(batch)
             x, y = x.to(self.device), y.to(self.device)
             terms = (self._parallel(x, y, self.epoch) if self._parallel is not None
                      else self.objective(self.model, x, y, self.epoch))
-            if not isinstance(terms, dict):
-                raise TypeError(f"The objective returned {type(terms).__name__}, not a dict of named loss terms; "
-                                "return e.g. {'ce': loss}.")
+            self._check_terms(terms)
             loss = sum(terms.values())
             batch_logs, share, n = self._batch_logs(terms, loss, len(y))
             value = batch_logs["loss"]
@@ -334,8 +396,16 @@ class Trainer:
             if bar is not None:
                 bar.set_postfix(loss=f"{value:.4f}")
                 bar.update()
+            if self._stop_request is not None:
+                if bar is not None:
+                    bar.close()
+                self._stop(self._stop_request, requested=True)
+                return None
         if bar is not None:
             bar.close()
+        if seen == 0:
+            raise ValueError(f"The training data gave no batch in epoch {self.epoch + 1}; each epoch iterates it anew, "
+                             "so it must yield (x, y) batches every time (a generator is used up after one pass).")
         logs = {k: v / max(seen, 1) for k, v in sums.items()}
         logs.update(epoch=self.epoch + 1, lr=lr, seconds=time.perf_counter() - start)
         return logs

@@ -259,3 +259,26 @@ def test_comparison_lab_buttons_train_what_they_show_and_keep_the_stored_compari
     lab.refresh()
     assert "paper (fresh)" in lab.view.results and "fresh run done" in lab.status.value
     assert {p.name: p.read_text() for p in tmp_path.glob("curriculum-compare-*.json")} == stored
+
+
+def test_alpha_ce_plus_kd_is_a_curriculum_whose_terms_are_the_hand_sums(tiny_split):
+    from torch.nn import functional as F
+
+    from indistill_lab.curriculum import LABELS
+    from indistill_lab.losses import KDLoss
+
+    torch.manual_seed(0)
+    teacher, student = build_model("auxiliary"), build_model("student")
+    alpha = 0.3
+    c = Curriculum.throughout([Term(LABELS, OUTPUT, "ce", alpha),
+                               Term(OUTPUT, OUTPUT, "kd", 1 - alpha, {"temperature": 2.0})], total_epochs=2)
+    assert c.layers("teacher") == [OUTPUT]  # the labels are not a layer of the teacher
+    objective = CurriculumObjective(c, teacher, student)
+    x, y = tiny_split.x[:8], tiny_split.y[:8]
+    terms = objective(student.eval(), x, y, epoch=1)
+    with torch.no_grad():
+        logits, target = student(x), teacher.eval()(x)
+    assert terms["ce/output"].item() == pytest.approx(alpha * F.cross_entropy(logits, y).item(), rel=1e-5)
+    assert terms["kd/output"].item() == pytest.approx((1 - alpha) * KDLoss(2.0)(logits, target).item(), rel=1e-5)
+    history = Trainer(student, objective, device="cpu", progress=False).fit(Loader(tiny_split, 16), 2)
+    assert set(history.epochs[0]) >= {"ce/output", "kd/output", "loss"}

@@ -22,6 +22,7 @@ from torch import distributed as dist
 
 import ddp_train
 from indistill_lab import distributed, zoo
+from indistill_lab.experiments import train_model
 from indistill_lab.data import Loader
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
@@ -76,8 +77,8 @@ def test_two_gloo_processes_match_one_process(tmp_path):
 def test_main_trains_saves_and_resumes_in_one_process(tmp_path, capsys):
     out = tmp_path / "student.pt"
     args = ["--model", "student", "--train-size", "64", "--batch-size", "32", "--out", str(out)]
-    assert distributed.main([*args, "--epochs", "1"]) == 0
+    assert train_model.main([*args, "--epochs", "1"]) == 0
     assert "student on fashion-mnist: 1 epochs on 1 process(es), test accuracy" in capsys.readouterr().out
-    assert distributed.main([*args, "--epochs", "2"]) == 0  # resumes from <out>.ckpt: one more epoch
+    assert train_model.main([*args, "--epochs", "2"]) == 0  # resumes from <out>.ckpt: one more epoch
     assert torch.load(tmp_path / "student.pt.ckpt", weights_only=False)["epoch"] == 2
     assert list(zoo.load_file(out).widths) == [8, 16, 32]

@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from torch.nn import functional as F
 
 from indistill_lab.losses import (LOSSES, DRGLoss, DSRLoss, FeatureMSE, FitNetsHint, KDLoss, PKTLoss,
                                   make_loss)
@@ -109,11 +110,11 @@ def test_drg_is_alpha_times_kd_and_dsr_matches_sorted_logits():
 
 
 def test_make_loss_by_name_and_errors():
-    assert set(LOSSES) == {"kd", "pkt", "mse", "fitnets"}
+    assert set(LOSSES) == {"kd", "pkt", "mse", "fitnets", "ce"}
     assert isinstance(make_loss("kd", temperature=2.0), KDLoss)
     fit = make_loss("fitnets", torch.zeros(2, 8, 5, 5), torch.zeros(2, 16, 5, 5))
     assert fit.connector.in_channels == 8 and fit.connector.out_channels == 16
-    with pytest.raises(KeyError, match="Known losses: kd, pkt, mse, fitnets"):
+    with pytest.raises(KeyError, match="Known losses: kd, pkt, mse, fitnets, ce"):
         make_loss("l2")
     with pytest.raises(ValueError, match="connector can be sized"):
         make_loss("fitnets")
@@ -121,3 +122,41 @@ def test_make_loss_by_name_and_errors():
         KDLoss(0.0)
     with pytest.raises(ValueError, match="at least 2 dimensions"):
         FeatureMSE()(torch.randn(3), torch.randn(3))
+
+
+def test_register_loss_makes_a_new_loss_usable_by_name(monkeypatch):
+    from indistill_lab import losses
+
+    monkeypatch.setattr(losses, "LOSSES", dict(losses.LOSSES))  # registrations of this test stay here
+
+    @losses.register_loss
+    class Cosine(losses.DistillLoss):
+        name = "cosine"
+
+        def forward(self, student, teacher):
+            return 1 - torch.nn.functional.cosine_similarity(student.flatten(1), teacher.flatten(1)).mean()
+
+    x = torch.randn(4, 6)
+    assert isinstance(losses.make_loss("cosine"), Cosine)
+    assert losses.make_loss("cosine")(x, 3 * x).item() == pytest.approx(0.0, abs=1e-6)
+
+    class Unnamed(losses.DistillLoss):
+        pass
+
+    with pytest.raises(ValueError, match="Unnamed needs its own `name`"):
+        losses.register_loss(Unnamed)
+    with pytest.raises(ValueError, match="Two losses are named 'kd'"):
+        losses.register_loss(type("MyKD", (losses.DistillLoss,), {"name": "kd"}))
+    with pytest.raises(TypeError, match="DistillLoss subclass"):
+        losses.register_loss(torch.nn.MSELoss)
+
+
+def test_ce_term_is_cross_entropy_against_labels():
+    from indistill_lab.losses import CrossEntropy
+
+    logits, labels = torch.randn(5, 3), torch.tensor([0, 2, 1, 1, 0])
+    assert make_loss("ce")(logits, labels).item() == pytest.approx(F.cross_entropy(logits, labels).item())
+    assert CrossEntropy(0.1)(logits, labels).item() == pytest.approx(
+        F.cross_entropy(logits, labels, label_smoothing=0.1).item())
+    with pytest.raises(ValueError, match=r"integer labels \(N,\).*teacher layer 'labels'"):
+        CrossEntropy()(logits, logits)

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from indistill_lab.adapter import ModelSpec, with_spec
 from indistill_lab.data import Split, dataset_info
 from indistill_lab.metrics import (accuracy, count_flops, count_parameters, evaluate_retrieval,
                                    retrieval_metrics)
@@ -146,18 +147,18 @@ def test_bad_input_errors(kwargs: dict, message: str) -> None:
         retrieval_metrics(**args)
 
 
-class _FlattenEmbed(nn.Module):
-    """A 'model' whose embedding is its input, to check evaluate_retrieval's wiring."""
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1)
+def _flatten_embed() -> nn.Module:
+    """A 'model' whose embedding (module '0', described with a ModelSpec) is its input flattened, to check
+    evaluate_retrieval's wiring."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(1, 2))
+    return with_spec(model, ModelSpec(stages=("0",), embedding="0", classifier="1", input_shape=(1, 1, 1)))
 
 
 def test_evaluate_retrieval_embeds_both_splits() -> None:
     info = dataset_info("fashion-mnist")
     queries = Split(HAND_Q_X.view(-1, 1, 1, 1), HAND_Q_Y, info, "q")
     db = Split(HAND_DB_X.view(-1, 1, 1, 1), HAND_DB_Y, info, "db")
-    got = evaluate_retrieval(_FlattenEmbed(), queries, db, top_k=3, device="cpu")
+    got = evaluate_retrieval(_flatten_embed(), queries, db, top_k=3, device="cpu")
     assert got["euclidean"] == pytest.approx(HAND_EXPECTED)
     # 1-D positive features all point the same way: every cosine distance ties at 0 (pessimistic).
     assert got["cosine"]["precision_at_3"] == pytest.approx(0.0)

@@ -42,3 +42,14 @@ def test_reading_before_running_is_explained():
     with Taps(model, ["stage1"]) as taps:
         with pytest.raises(KeyError, match="inside the `with` block"):
             taps["stage1"]
+
+
+def test_an_unknown_path_in_a_large_model_lists_its_top_level_modules_not_every_path():
+    from torchvision.models import resnet18
+
+    with pytest.raises(KeyError) as info:
+        get_module(resnet18(), "layer5")
+    message = info.value.args[0]
+    assert "Did you mean 'layer1'" in message or "'layer4'" in message
+    assert "Its top-level modules: conv1, bn1, relu, maxpool, layer1, layer2, layer3, layer4, avgpool, fc" in message
+    assert "layer1.0.conv1" not in message and len(message) < 400

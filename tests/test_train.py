@@ -106,3 +106,84 @@ def test_optimizer_names_choose_nesterov_or_plain_momentum():
     assert make_optimizer(params, "momentum", 0.1).param_groups[0]["nesterov"] is False
     with pytest.raises(ValueError, match="'momentum' \\(plain momentum\\)"):
         make_optimizer(params, "rmsprop")
+
+
+def test_a_torch_dataloader_trains_like_the_same_batches_from_a_loader(tiny_split):
+    """Any re-iterable of (x, y) works: a DataLoader over the same examples in the same order gives the same weights."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    kit, plain = _trainer(lr=1e-2), _trainer(lr=1e-2)
+    kit.fit(Loader(tiny_split, 16, shuffle=False), 2)
+    history = plain.fit(DataLoader(TensorDataset(tiny_split.x, tiny_split.y), batch_size=16), 2)
+    assert len(history.epochs) == 2 and history.stopped is None
+    assert torch.equal(_weights(kit.model), _weights(plain.model))
+    listed = _trainer(lr=1e-2)
+    listed.fit([(tiny_split.x[i:i + 16], tiny_split.y[i:i + 16]) for i in range(0, 64, 16)], 2)
+    assert torch.equal(_weights(kit.model), _weights(listed.model))
+
+
+def test_training_data_that_cannot_work_says_what_is_needed(tiny_split):
+    batches = ((tiny_split.x[i:i + 16], tiny_split.y[i:i + 16]) for i in range(0, 64, 16))
+    with pytest.raises(TypeError, match="one-shot iterator.*re-iterable"):
+        _trainer().fit(batches, 2)
+    with pytest.raises(TypeError, match=r"pair \(x, y\) of tensors.*got a tuple of 3 items"):
+        _trainer().fit([(tiny_split.x, tiny_split.y, tiny_split.y)], 1)
+    with pytest.raises(TypeError, match=r"pair \(x, y\) of tensors.*got a Tensor"):
+        _trainer().fit([tiny_split.x], 1)
+    with pytest.raises(ValueError, match="gives no batch"):
+        _trainer().fit([], 1)
+
+
+def test_a_callback_stops_training_with_its_reason(tmp_path, tiny_split):
+    class EarlyStop(Callback):
+        def on_epoch_end(self, trainer, logs):
+            if trainer.epoch == 2:
+                trainer.stop("ce below target")
+
+    trainer = _trainer(tmp_path, callbacks=[EarlyStop()])
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a requested stop is not a warning
+        history = trainer.fit(Loader(tiny_split, 16, seed=1), 5)
+    assert history.stopped == "ce below target" and history.requested
+    assert trainer.epoch == 2 and len(history.epochs) == 2  # the epoch that asked is kept
+    assert torch.load(tmp_path / "run.pt", weights_only=False)["epoch"] == 2
+
+    class MidEpoch(Callback):
+        def on_batch_end(self, trainer, logs):
+            if trainer.step == 6:
+                trainer.stop("budget of 6 steps")
+
+    trainer = _trainer(callbacks=[MidEpoch()])
+    history = trainer.fit(Loader(tiny_split, 16, seed=1), 3)
+    # stopped after step 6 (epoch 2, batch 2): the unfinished epoch is undone, as in a checkpoint
+    assert history.stopped == "budget of 6 steps" and trainer.epoch == 1 and trainer.step == 4
+    with pytest.raises(ValueError, match="needs a reason"):
+        trainer.stop("")
+
+
+def test_a_per_sample_loss_term_is_named_in_the_error(tiny_split):
+    def per_sample(model, x, y, epoch):
+        return {"ce": F.cross_entropy(model(x), y), "my_term": F.cross_entropy(model(x), y, reduction="none")}
+
+    with pytest.raises(ValueError, match=r"Loss term 'my_term' has shape \(16,\), not a single number.*\.mean\(\)"):
+        _trainer(objective=per_sample).fit(Loader(tiny_split, 16, seed=1), 1)
+    with pytest.raises(TypeError, match="Loss term 'ce' is a float"):
+        _trainer(objective=lambda m, x, y, e: {"ce": 1.0}).fit(Loader(tiny_split, 16, seed=1), 1)
+
+
+def test_resume_with_a_shuffling_dataloader_repeats_the_uninterrupted_run(tmp_path, tiny_split):
+    """The checkpoint keeps torch's generator, from which a shuffling DataLoader draws each epoch's order."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    def data():
+        return DataLoader(TensorDataset(tiny_split.x, tiny_split.y), batch_size=16, shuffle=True)
+
+    straight = _trainer()
+    straight.fit(data(), 3)
+    first = _trainer(tmp_path)
+    first.fit(data(), 1)
+    resumed = _trainer(tmp_path)
+    assert resumed.resume() and resumed.epoch == 1
+    resumed.fit(data(), 3)
+    assert torch.equal(_weights(straight.model), _weights(resumed.model))

@@ -16,16 +16,18 @@ when the package is, so its `@register` runs and the CLI, `reproduce` and the no
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterable
+from typing import Any, Callable, ClassVar, Iterable
 
 import torch
 from torch import nn
 
+from ..adapter import ModelSpec, spec_of
 from ..config import seed_everything
 from ..curriculum import Curriculum
 from ..objective import CurriculumObjective
@@ -40,7 +42,11 @@ from ..train import Callback, History, Trainer, cross_entropy
 @dataclass
 class Context:
     """What a method trains from: configuration, training data, knowledge sources and (optionally) a
-    loader and a feature cache shared across methods of one reproduce."""
+    loader and a feature cache shared across methods of one reproduce.
+
+    `student` builds a fresh student (random init) for models the configuration cannot name (any
+    `nn.Module` with a description, `adapter.with_spec`); by default the configuration's student preset.
+    """
 
     cfg: RunConfig
     train: Split
@@ -49,6 +55,21 @@ class Context:
     cache: FeatureCache | None = None
     checkpoint: Path | None = None
     """Where the Trainer keeps the run's last finished epoch, so a killed run resumes there (None: nowhere)."""
+    student: Callable[[], nn.Module] | None = None
+
+    def new_student(self) -> nn.Module:
+        """A fresh student: `student()` when given, else the configuration's preset."""
+        return self.student() if self.student is not None else build(self.cfg, "student")
+
+    def source_spec(self, source: str) -> ModelSpec:
+        """The description of the knowledge source `source` ('teacher' or 'aux'): of the model in `sources`,
+        else of the configuration's preset for it (so a curriculum can be shown without sources)."""
+        if self.sources is not None and source in self.sources._modules:
+            return spec_of(self.sources._modules[source])
+        presets = {"teacher": "teacher", "aux": "auxiliary"}
+        if source not in presets:
+            raise ValueError(f"No source {source!r} in this context: build it with sources that include it.")
+        return spec_of(build(self.cfg, presets[source]))
 
     def loader_for(self, seed: int) -> IndexedLoader:
         """The shared loader when one was given, else the configuration's loader for `seed`."""
@@ -84,18 +105,38 @@ class Method:
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    own_student: ClassVar[bool] = False
+    """Set True on a method whose own `train` builds its student with `ctx.new_student()`; a method that
+    overrides `train` without it refuses a context with a student of the user's (it would train the preset)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("train")
+        if own is None or cls.__dict__.get("own_student", False):
+            return
+
+        @functools.wraps(own)
+        def train(self: "Method", ctx: Context, *args: Any, **kw: Any) -> Trained:
+            if ctx.student is not None:
+                raise ValueError(f"{self.name} trains the configuration's preset student in its own loop, so it "
+                                 "cannot train a student of your own (Context.student) yet; use a curriculum method.")
+            return own(self, ctx, *args, **kw)
+
+        cls.train = train  # type: ignore[method-assign]
 
     def curriculum(self, student: nn.Module, ctx: Context) -> Curriculum | None:
         """The distillation schedule, or None for cross-entropy alone."""
         return None
 
-    def trains_head(self, curriculum: Curriculum | None) -> bool:
-        """Whether the classifier is trained (otherwise accuracy comes from a linear probe)."""
-        return curriculum is None or any(t.student in ("classifier", OUTPUT) for t in curriculum.terms())
+    def trains_head(self, curriculum: Curriculum | None, student: nn.Module | None = None) -> bool:
+        """Whether the classifier (the student's, by its description) is trained (otherwise accuracy comes
+        from a linear probe)."""
+        heads = {"classifier", OUTPUT} | ({spec_of(student).classifier} if student is not None else set())
+        return curriculum is None or any(t.student in heads for t in curriculum.terms())
 
     def source_layers(self, ctx: Context) -> list[str]:
         """Source layers this method reads (so a reproduce can cache every method's targets up front)."""
-        c = self.curriculum(build(ctx.cfg, "student"), ctx)
+        c = self.curriculum(ctx.new_student(), ctx)
         return c.layers("teacher") if c is not None else []
 
     def train(self, ctx: Context, seed: int = 0, callbacks: Iterable[Callback] = (),
@@ -104,7 +145,7 @@ class Method:
         curriculum, the configuration's optimiser, lr schedule and optimizer-state policy. `epochs`
         stops early (the first epochs of the same schedule), e.g. to look at a phase switch."""
         seed_everything(seed)
-        student = build(ctx.cfg, "student")
+        student = ctx.new_student()
         loader = ctx.loader_for(seed)
         curriculum = self.curriculum(student, ctx)
         if curriculum is None:
@@ -118,9 +159,9 @@ class Method:
                           checkpoint=ctx.checkpoint)
         trainer.resume()
         trainer.fit(loader, ctx.cfg.epochs if epochs is None else epochs)
-        if trainer.history.stopped:
+        if trainer.history.stopped and not trainer.history.requested:
             raise RuntimeError(f"{self.name}: training stopped ({trainer.history.stopped}).")
-        return Trained(student.cpu().eval(), trainer.history, self.trains_head(curriculum), curriculum)
+        return Trained(student.cpu().eval(), trainer.history, self.trains_head(curriculum, student), curriculum)
 
     def identity(self) -> str:
         """10 hex digits that change when this method's recipe changes: the source of its classes (up to

@@ -3,18 +3,20 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..curriculum import Curriculum, Term
+from ..adapter import spec_of
+from ..curriculum import Curriculum, Term, paper_epochs
 from .base import Context, Method, register
 
 
-def kd_term(ctx: Context) -> Term:
-    """Hinton KD from the teacher's logits at the configured temperature."""
-    return Term("teacher.classifier", "classifier", "kd", params={"temperature": ctx.cfg.kd_temperature})
+def kd_term(student: nn.Module, ctx: Context) -> Term:
+    """Hinton KD from the teacher's logits (its classifier layer) at the configured temperature."""
+    return Term(f"teacher.{ctx.source_spec('teacher').classifier}", spec_of(student).classifier, "kd",
+                params={"temperature": ctx.cfg.kd_temperature})
 
 
-def pkt_term(student: nn.Module) -> Term:
+def pkt_term(student: nn.Module, ctx: Context) -> Term:
     """PKT from the PKT auxiliary's embedding to the student's embedding."""
-    return Term("aux.act_fc1", student.embedding_path, "pkt")
+    return Term(f"aux.{ctx.source_spec('aux').embedding}", spec_of(student).embedding, "pkt")
 
 
 @register
@@ -26,10 +28,10 @@ class StudentCE(Method):
 @register
 class HintonKD(Method):
     name = "hinton-kd"
-    description = "Hinton KD (T=4) from the teacher's logits, all epochs"
+    description = "Hinton KD from the teacher's logits at the run's kd_temperature (4 by default), all epochs"
 
     def curriculum(self, student: nn.Module, ctx: Context) -> Curriculum:
-        return Curriculum((), kd_term(ctx), ctx.cfg.epochs)
+        return Curriculum((), kd_term(student, ctx), ctx.cfg.epochs)
 
 
 @register
@@ -38,7 +40,7 @@ class PKT(Method):
     description = "PKT on the final (embedding) layer only, from the PKT auxiliary, all epochs"
 
     def curriculum(self, student: nn.Module, ctx: Context) -> Curriculum:
-        return Curriculum((), pkt_term(student), ctx.cfg.epochs)
+        return Curriculum((), pkt_term(student, ctx), ctx.cfg.epochs)
 
 
 @register
@@ -48,5 +50,6 @@ class FitNets(Method):
 
     def curriculum(self, student: nn.Module, ctx: Context) -> Curriculum:
         cfg = ctx.cfg
-        return Curriculum.paper([(f"aux.{p}", p) for p in student.stage_paths], pkt_term(student), cfg.epochs,
-                                a=cfg.a, loss="fitnets", critical_end=cfg.intermediate_epochs)
+        stages = spec_of(student).stages
+        return Curriculum.paper([(f"aux.{p}", p) for p in stages], pkt_term(student, ctx), cfg.epochs,
+                                a=cfg.a, loss="fitnets", critical_end=paper_epochs(len(stages), cfg.a))

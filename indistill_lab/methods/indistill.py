@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..curriculum import Curriculum, Term, stage_pairs
+from ..adapter import spec_of
+from ..curriculum import Curriculum, Term, paper_epochs, stage_pairs
 from ..difficulty import layer_difficulty
 from .base import Context, Method, probe_batch, register
 from .baselines import kd_term, pkt_term
@@ -22,15 +23,19 @@ class InDistill(Method):
     targets_from = "pruned"
 
     def final(self, student: nn.Module, ctx: Context) -> Term:
-        return pkt_term(student)
+        return pkt_term(student, ctx)
 
     def pairs(self, student: nn.Module) -> list[tuple[str, str]]:
-        return [(f"{self.targets_from}.{p}", p) for p in student.stage_paths]
+        return [(f"{self.targets_from}.{p}", p) for p in spec_of(student).stages]
+
+    def budget(self, student: nn.Module, ctx: Context) -> int:
+        """Epochs of the layer-by-layer phase: the paper's a + k summed over the student's stages."""
+        return paper_epochs(len(spec_of(student).stages), ctx.cfg.a)
 
     def curriculum(self, student: nn.Module, ctx: Context) -> Curriculum:
         cfg = ctx.cfg
         return Curriculum.paper(self.pairs(student), self.final(student, ctx), cfg.epochs, a=cfg.a,
-                                critical_end=cfg.intermediate_epochs)
+                                critical_end=self.budget(student, ctx))
 
 
 @register
@@ -39,7 +44,7 @@ class InDistillAllAtOnce(InDistill):
     description = "direct MSE on all pruned-auxiliary layers together, then PKT (no curriculum)"
 
     def curriculum(self, student: nn.Module, ctx: Context) -> Curriculum:
-        L = ctx.cfg.intermediate_epochs
+        L = self.budget(student, ctx)
         return Curriculum.all_at_once(self.pairs(student), L, self.final(student, ctx), ctx.cfg.epochs, critical_end=L)
 
 
@@ -59,7 +64,7 @@ class InDistillDifficulty(InDistill):
         (`difficulty.layer_difficulty`); the paper's intermediate budget is split accordingly."""
         pruned = ctx.require_sources(self.name).pruned
         difficulty = layer_difficulty(pruned, student, stage_pairs(pruned, student), probe_batch(ctx))
-        L = ctx.cfg.intermediate_epochs
+        L = self.budget(student, ctx)
         return Curriculum.from_difficulty(self.pairs(student), difficulty, L, self.final(student, ctx),
                                           ctx.cfg.epochs, critical_end=L)
 
@@ -79,6 +84,13 @@ class InDistillReference(InDistill):
                    "unpruned auxiliary's previous stage, BN with beta 0 on batch statistics, then PKT")
     targets_from = "reference"
 
+    def curriculum(self, student: nn.Module, ctx: Context) -> Curriculum:
+        if ctx.sources is not None and self.targets_from not in ctx.sources._modules:
+            raise ValueError(f"{self.name} needs the reference code's targets (source 'reference'), which exist only "
+                             "for the paper's ConvNets (one conv per stage); these sources have "
+                             f"{', '.join(ctx.sources._modules)}. Use indistill-kept-channels for other models.")
+        return super().curriculum(student, ctx)
+
 
 @register
 class InDistillFinetuned(InDistill):
@@ -93,4 +105,4 @@ class InDistillKD(InDistill):
     description = "InDistill as a warm-up (the WACV framing): the paper's layer phases, then Hinton KD instead of PKT"
 
     def final(self, student: nn.Module, ctx: Context) -> Term:
-        return kd_term(ctx)
+        return kd_term(student, ctx)
