@@ -207,10 +207,11 @@ def aux_cache_dirs() -> list[Path]:
     return list(dict.fromkeys([results_dir() / "cache", CACHE_DIR]))
 
 
-def auxiliary_pkt(teacher: nn.Module, cfg: RunConfig, train: Split, progress: bool = False) -> nn.Module:
+def auxiliary_pkt(teacher: nn.Module, cfg: RunConfig, train: Split, progress: bool = False,
+                  cache_dir: Path | None = None) -> nn.Module:
     """The PKT auxiliary: the zoo's ('auxiliary-pkt') when it was made with this recipe, else one from
     cache trained earlier with the same recipe (`aux_cache_dirs`), else trained now and saved in the first of
-    those folders (never in the zoo)."""
+    those folders, `cache_dir` first when given (never in the zoo)."""
     recipe = {"aux_epochs": cfg.aux_epochs, "epoch_size": cfg.aux_epoch_size, "lr": cfg.lr,
               "train_size": cfg.train_size, "dataset": cfg.dataset}
     entry = zoo.read_manifest()["models"].get("auxiliary-pkt")
@@ -218,10 +219,11 @@ def auxiliary_pkt(teacher: nn.Module, cfg: RunConfig, train: Split, progress: bo
         return zoo.load("auxiliary-pkt")
     key = hashlib.sha256(json.dumps({**recipe, "quick": quick_mode(), "zoo": cfg.use_zoo},
                                     sort_keys=True).encode()).hexdigest()[:10]
-    for path in (folder / f"auxiliary-pkt-{key}.pt" for folder in aux_cache_dirs()):
+    folders = list(dict.fromkeys([*([Path(cache_dir)] if cache_dir is not None else []), *aux_cache_dirs()]))
+    for path in (folder / f"auxiliary-pkt-{key}.pt" for folder in folders):
         if path.is_file():
             return zoo.load_file(path, kind="cache")
-    path = aux_cache_dirs()[0] / f"auxiliary-pkt-{key}.pt"
+    path = folders[0] / f"auxiliary-pkt-{key}.pt"
     aux = train_auxiliary_pkt(teacher, cfg, train, progress=progress)
     zoo.save_model(aux, path)
     return aux
@@ -284,16 +286,17 @@ class Prepared:
 
 
 def prepare(cfg: RunConfig, progress: bool = False, log: Callable[[str], None] = print,
-            finetune: bool = True) -> Prepared:
+            finetune: bool = True, cache_dir: Path | None = None) -> Prepared:
     """Run the pipeline's shared stages once: teacher -> PKT auxiliary -> pruned auxiliary (and its variants).
 
     `finetune=False` skips the pruned auxiliary's PKT fine-tune (the 'tuned' source, ~30 s at the paper's
-    protocol), for runs whose methods do not read it (`runs.needs_finetune`)."""
+    protocol), for runs whose methods do not read it (`runs.needs_finetune`). A trained auxiliary is cached in
+    `cache_dir` (e.g. a table's `--out` folder) or the default cache folders."""
     train, test = load_data(cfg)
     t0 = time.perf_counter()
     teacher = load_teacher(cfg, train, progress)
     log(f"teacher ready ({time.perf_counter() - t0:.0f} s)")
-    aux = auxiliary_pkt(teacher, cfg, train, progress=progress)
+    aux = auxiliary_pkt(teacher, cfg, train, progress=progress, cache_dir=cache_dir)
     log(f"auxiliary (PKT) ready ({time.perf_counter() - t0:.0f} s)")
     return _prune_and_collect(cfg, train, test, teacher, aux, build(cfg, "student"), log, finetune, t0)
 

@@ -36,12 +36,13 @@ _WORKER: Session | None = None
 """The session a worker process runs with: inherited from the parent (fork) or built by `_worker_init`."""
 
 
-def _worker_init(cfg: RunConfig | None, methods: Sequence[str]) -> None:
+def _worker_init(cfg: RunConfig | None, methods: Sequence[str], cache_dir: Path | None = None) -> None:
     global _WORKER
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: no traceback per worker
     torch.set_num_threads(1)
     if cfg is not None:
-        _WORKER = Session(cfg, methods, log=lambda m: print(f"[worker {os.getpid()}] {m}", flush=True))
+        _WORKER = Session(cfg, methods, log=lambda m: print(f"[worker {os.getpid()}] {m}", flush=True),
+                          cache_dir=cache_dir)
 
 
 def _worker_run(method: str, seed: int, checkpoint: Path | None) -> tuple[dict[str, Any], nn.Module]:
@@ -49,17 +50,18 @@ def _worker_run(method: str, seed: int, checkpoint: Path | None) -> tuple[dict[s
     return _WORKER.run(method, seed, checkpoint)
 
 
-def _pool(cfg: RunConfig, methods: Sequence[str], workers: int, log: Callable[[str], None]) -> ProcessPoolExecutor:
+def _pool(cfg: RunConfig, methods: Sequence[str], workers: int, log: Callable[[str], None],
+          cache_dir: Path | None = None) -> ProcessPoolExecutor:
     """Worker processes of one thread each. Where fork exists, the parent builds the shared stages and
     the target cache once (on one thread, so no OpenMP pool is forked) and the workers share its memory
     copy-on-write: one cache for all workers instead of one each. Elsewhere each worker builds its own."""
     global _WORKER
     if "fork" not in multiprocessing.get_all_start_methods():
-        return ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(cfg, methods))
+        return ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(cfg, methods, cache_dir))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        _WORKER = Session(cfg, methods, log)
+        _WORKER = Session(cfg, methods, log, cache_dir)
         _WORKER.build()
     finally:
         torch.set_num_threads(threads)
@@ -198,13 +200,13 @@ def reproduce(cfg: RunConfig, seeds: Sequence[int] = (0, 1, 2), methods: Sequenc
         for i, (row, student) in enumerate(ray_runs(cfg, methods, todo, ray_address, log), 1):
             finished(row, student, i)
     elif workers == 1:
-        session = Session(cfg, methods, log)
+        session = Session(cfg, methods, log, results_dir / "cache")
         for i, (method, seed) in enumerate(todo, 1):
             finished(*session.run(method, seed, checkpoint(method, seed)), i)
     elif todo:
         global _WORKER
         try:
-            with _pool(cfg, methods, workers, log) as pool:
+            with _pool(cfg, methods, workers, log, results_dir / "cache") as pool:
                 futures = [pool.submit(_worker_run, m, s, checkpoint(m, s)) for m, s in todo]
                 try:
                     for i, future in enumerate(as_completed(futures), 1):

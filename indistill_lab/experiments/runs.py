@@ -59,8 +59,9 @@ def shared_cache(prep: Prepared, cfg: RunConfig, methods: Sequence[str]) -> Feat
 class Session:
     """The shared stages and target cache of one process, built on its first run and then reused."""
 
-    def __init__(self, cfg: RunConfig, methods: Sequence[str], log: Callable[[str], None]) -> None:
-        self.cfg, self.methods, self.log = cfg, list(methods), log
+    def __init__(self, cfg: RunConfig, methods: Sequence[str], log: Callable[[str], None],
+                 cache_dir: Path | None = None) -> None:
+        self.cfg, self.methods, self.log, self.cache_dir = cfg, list(methods), log, cache_dir
         self.prep: Prepared | None = None
         self.cache: FeatureCache | None = None
 
@@ -68,7 +69,7 @@ class Session:
         """The shared stages and every method's targets (once)."""
         if self.prep is not None:
             return
-        self.prep = prepare(self.cfg, log=self.log, finetune=needs_finetune(self.methods))
+        self.prep = prepare(self.cfg, log=self.log, finetune=needs_finetune(self.methods), cache_dir=self.cache_dir)
         t0 = time.perf_counter()
         self.cache = shared_cache(self.prep, self.cfg, self.methods)
         if self.cache is not None:
