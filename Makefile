@@ -13,7 +13,7 @@ LAB_FLAGS ?= $(if $(or $(DISPLAY),$(filter Darwin,$(shell uname -s))),,--no-brow
 DEBIAN_FASHION := /usr/share/datasets/fashion-mnist
 RAW_FASHION := data/FashionMNIST/raw/train-images-idx3-ubyte
 
-.PHONY: lab test browser-test setup data chromium notebooks clean-venv
+.PHONY: lab test browser-test setup data chromium notebooks fallbacks clean-venv
 .DEFAULT_GOAL := lab
 
 # Reinstalled only when pyproject.toml changes (the stamp is newer otherwise).
@@ -52,12 +52,19 @@ test: data chromium
 		--nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider tests notebooks; \
 	rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
 
-# Run the notebooks in quick mode and store their outputs as static figures (readable without a kernel):
+# Run the notebooks in quick mode and store their outputs as static figures (readable without a kernel), each
+# with a PNG of itself drawn by chromium (what GitHub shows):
 #   make notebooks                       every notebook
 #   make notebooks NOTEBOOKS="notebooks/07_indistill_end_to_end.ipynb"
+# Only add the PNGs to notebooks stored without them, running nothing (seconds, not minutes):
+#   make fallbacks NOTEBOOKS="notebooks/08_cascaded_teaching_assistants.ipynb"
+#   (= python -m indistill_lab.viz.store --fallbacks-only notebooks/08_cascaded_teaching_assistants.ipynb)
 NOTEBOOKS ?= $(wildcard notebooks/*.ipynb)
-notebooks: data
+notebooks: data chromium
 	INDISTILL_QUICK=1 $(PY) -m indistill_lab.viz.store $(NOTEBOOKS)
+
+fallbacks: setup chromium
+	$(PY) -m indistill_lab.viz.store --fallbacks-only $(NOTEBOOKS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,11 +1,17 @@
 """Run notebooks in quick mode and store their outputs so that they read without a kernel.
 
     python -m indistill_lab.viz.store notebooks/01_data_models_and_retrieval.ipynb ...   (or `make notebooks`)
+    python -m indistill_lab.viz.store --fallbacks-only notebooks/08_*.ipynb   (no run: only add the PNGs;
+                                                                   or `make fallbacks NOTEBOOKS=...`)
 
 A widget needs a live kernel (or a stored widget state: plotly's widget carries its 5 MB script in each one),
 so every widget output is stored as the static figures it showed: an explorer's figures from the static
 mimetype it carries, a bare figure widget (a live training plot) from its last synced state. Each figure is
-stored as plotly JSON (JupyterLab) and as HTML loading plotly.js from its CDN (nbviewer, HTML export).
+stored as plotly JSON (JupyterLab and VS Code draw it live) with a PNG of it in the same output (GitHub,
+nbconvert's HTML and any viewer without scripts show that; JupyterLab shows it until the pointer enters the
+figure, and then draws it live). No HTML is stored with a figure: plotly's HTML loads plotly.js from a CDN,
+which GitHub and an offline viewer never run (a blank box), and HTML carrying plotly.js itself would add 4.6 MB
+to every notebook.
 """
 from __future__ import annotations
 
@@ -19,13 +25,16 @@ from typing import Any
 import nbformat
 import numpy as np
 import plotly.graph_objects as go
-import plotly.io as pio
 
+from ..errors import UsageError, cli, positive
 from .common import STATIC_FIGURES_MIME, figure_json
+from .snapshot import png_images
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 PLOTLY = "application/vnd.plotly.v1+json"
+PNG = "image/png"
+HTML = "text/html"
 
 
 def _figure_state(model: dict[str, Any]) -> go.Figure:
@@ -44,16 +53,11 @@ def _figure_state(model: dict[str, Any]) -> go.Figure:
 
 
 def static_outputs(figures: list[dict[str, Any]]) -> list[nbformat.NotebookNode]:
-    """One display output per figure: plotly JSON, HTML with plotly.js from the CDN, and a readable text."""
+    """One display output per figure: plotly JSON and a readable text (`add_fallbacks` adds its PNG)."""
     out = []
     for spec in figures:
-        figure = go.Figure(spec)
-        title = figure.layout.title.text or "figure"
-        out.append(nbformat.v4.new_output("display_data", data={
-            PLOTLY: spec,
-            "text/html": pio.to_html(figure, include_plotlyjs="cdn", full_html=False),
-            "text/plain": f"Figure: {title}",
-        }))
+        title = go.Figure(spec).layout.title.text or "figure"
+        out.append(nbformat.v4.new_output("display_data", data={PLOTLY: spec, "text/plain": f"Figure: {title}"}))
     return out
 
 
@@ -71,7 +75,7 @@ def compact(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
             elif WIDGET_VIEW in data and "_widget_data" in models.get(data[WIDGET_VIEW]["model_id"], {}).get(
                     "state", {}):
                 outputs += static_outputs([figure_json(_figure_state(models[data[WIDGET_VIEW]["model_id"]]))])
-            elif PLOTLY in data and "text/html" not in data:
+            elif PLOTLY in data:
                 outputs += static_outputs([data[PLOTLY]])
             else:
                 outputs.append(output)
@@ -79,6 +83,37 @@ def compact(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
         cell.metadata.pop("execution", None)
     nb.metadata.pop("widgets", None)
     return nb
+
+
+def add_fallbacks(nb: nbformat.NotebookNode) -> int:
+    """Give every stored plotly figure a PNG of itself in its output (drawn offline by chromium) and drop the
+    HTML stored beside it (plotly.js from a CDN: blank without scripts or network); returns how many PNGs were
+    added. A figure that already has its PNG keeps it, so running this twice changes nothing."""
+    bundles = [output["data"] for cell in nb.cells if cell.cell_type == "code" for output in cell.get("outputs", [])
+               if PLOTLY in output.get("data", {})]
+    for data in bundles:
+        data.pop(HTML, None)
+    missing = [data for data in bundles if PNG not in data]
+    for data, image in zip(missing, png_images([data[PLOTLY] for data in missing])):
+        data[PNG] = image
+    return len(missing)
+
+
+def match_kernelspec(nb: nbformat.NotebookNode, name: str = "python3") -> None:
+    """Store the kernelspec JupyterLab writes when it starts the kernel (name, display name, language): any other
+    (a hand-written "Python 3" for the installed "Python 3 (ipykernel)") is rewritten on opening, and marks the
+    notebook modified before anything ran."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    spec = KernelSpecManager().get_kernel_spec(name)
+    nb.metadata["kernelspec"] = {"display_name": spec.display_name, "language": spec.language, "name": name}
+
+
+def finish(nb: nbformat.NotebookNode) -> int:
+    """What every stored notebook gets, run or not: PNG fallbacks (`add_fallbacks`; returns how many were added)
+    and the kernelspec JupyterLab would write (`match_kernelspec`)."""
+    match_kernelspec(nb)
+    return add_fallbacks(nb)
 
 
 def store(path: Path, timeout: int = 600) -> float:
@@ -91,19 +126,41 @@ def store(path: Path, timeout: int = 600) -> float:
     NotebookClient(nb, timeout=timeout, kernel_name="python3", store_widget_state=True,
                    resources={"metadata": {"path": str(path.parent)}}).execute()
     seconds = time.perf_counter() - start
-    nbformat.write(compact(nb), path)
+    nb = compact(nb)
+    finish(nb)
+    nbformat.write(nb, path)
     return seconds
+
+
+def store_fallbacks(path: Path) -> int:
+    """`finish` a stored notebook without running it; returns how many PNG fallbacks were added."""
+    nb = nbformat.read(path, as_version=4)
+    added = finish(nb)
+    nbformat.write(nb, path)
+    return added
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="+", type=Path)
     parser.add_argument("--timeout", type=int, default=600, help="seconds a cell may run")
+    parser.add_argument("--fallbacks-only", action="store_true",
+                        help="run nothing: add a PNG to every stored figure that lacks one, drop CDN HTML, "
+                             "store the installed kernelspec")
     args = parser.parse_args(argv)
+    missing = [str(p) for p in args.notebooks if p.suffix != ".ipynb" or not p.is_file()]
+    if missing:
+        raise UsageError(f"not a notebook file: {', '.join(missing)} (give paths like notebooks/00_*.ipynb).")
+    positive("--timeout", args.timeout)
     for path in args.notebooks:
-        seconds = store(path, args.timeout)
-        print(f"{path}: ran in {seconds:.0f} s (quick mode), stored {path.stat().st_size / 1e6:.2f} MB")
+        before = path.stat().st_size
+        if args.fallbacks_only:
+            added = store_fallbacks(path)
+            print(f"{path}: {added} PNG fallbacks added, {before / 1e6:.2f} -> {path.stat().st_size / 1e6:.2f} MB")
+        else:
+            seconds = store(path, args.timeout)
+            print(f"{path}: ran in {seconds:.0f} s (quick mode), stored {path.stat().st_size / 1e6:.2f} MB")
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)
