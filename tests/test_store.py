@@ -100,3 +100,18 @@ def test_store_refuses_what_is_not_a_notebook(tmp_path: Path, capsys: pytest.Cap
     assert "not a notebook file" in capsys.readouterr().err
     (tmp_path / "notes.txt").write_text("x")
     assert guarded(store.main, ["--fallbacks-only", str(tmp_path / "notes.txt")]) == 2
+
+
+@needs_chromium
+def test_store_runs_a_notebook_and_stores_its_figure_with_a_png(tmp_path: Path) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(
+        "import plotly.graph_objects as go, plotly.io as pio\n"
+        "pio.renderers.default = 'plotly_mimetype'\n"
+        "go.Figure(go.Bar(y=[1, 2], marker_color='rgb(255,0,0)'), layout=dict(title='bars')).show()")]
+    path = tmp_path / "tiny.ipynb"
+    nbformat.write(nb, path)
+    store.store(path, timeout=120)
+    (output,) = nbformat.read(path, as_version=4).cells[0].outputs
+    assert set(output["data"]) == {store.PLOTLY, store.PNG, "text/plain"}
+    assert output["data"]["text/plain"] == "Figure: bars" and _red_pixels(output["data"][store.PNG]) > 1000
