@@ -13,7 +13,7 @@ LAB_FLAGS ?= $(if $(or $(DISPLAY),$(filter Darwin,$(shell uname -s))),,--no-brow
 DEBIAN_FASHION := /usr/share/datasets/fashion-mnist
 RAW_FASHION := data/FashionMNIST/raw/train-images-idx3-ubyte
 
-.PHONY: lab test browser-test setup data chromium notebooks fallbacks clean-venv
+.PHONY: lab test browser-test setup data chromium notebooks finish clean-venv
 .DEFAULT_GOAL := lab
 
 # Reinstalled only when pyproject.toml changes (the stamp is newer otherwise).
@@ -56,15 +56,16 @@ test: data chromium
 # with a PNG of itself drawn by chromium (what GitHub shows):
 #   make notebooks                       every notebook
 #   make notebooks NOTEBOOKS="notebooks/07_indistill_end_to_end.ipynb"
-# Only add the PNGs to notebooks stored without them, running nothing (seconds, not minutes):
-#   make fallbacks NOTEBOOKS="notebooks/08_cascaded_teaching_assistants.ipynb"
-#   (= python -m indistill_lab.viz.store --fallbacks-only notebooks/08_cascaded_teaching_assistants.ipynb)
+# Finish stored notebooks without running them (seconds, not minutes): a PNG for every figure stored without
+# one, solutions hidden, the installed kernelspec:
+#   make finish NOTEBOOKS="notebooks/08_cascaded_teaching_assistants.ipynb"
+#   (= python -m indistill_lab.viz.store --no-run notebooks/08_cascaded_teaching_assistants.ipynb)
 NOTEBOOKS ?= $(wildcard notebooks/*.ipynb)
 notebooks: data chromium
 	INDISTILL_QUICK=1 $(PY) -m indistill_lab.viz.store $(NOTEBOOKS)
 
-fallbacks: setup chromium
-	$(PY) -m indistill_lab.viz.store --fallbacks-only $(NOTEBOOKS)
+finish: setup chromium
+	$(PY) -m indistill_lab.viz.store --no-run $(NOTEBOOKS)
 
 clean-venv:
 	rm -rf $(VENV)

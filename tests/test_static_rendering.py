@@ -56,4 +56,4 @@ def test_every_figure_shows_without_scripts(page: Any, path: Path) -> None:
     assert expected > 0, f"{path.name} stores no figure"
     assert shown == expected, (f"{path.name}: {expected - shown} of {expected} figure outputs show nothing without "
                                f"scripts (see {SHOTS.relative_to(REPO)}); python -m indistill_lab.viz.store "
-                               f"--fallbacks-only {path.relative_to(REPO)} adds their PNGs")
+                               f"--no-run {path.relative_to(REPO)} adds their PNGs")

@@ -1,6 +1,7 @@
 """Storing notebooks: each stored figure gets a PNG of itself drawn offline by chromium, the CDN HTML is
-dropped, the kernelspec is the installed one, and `--fallbacks-only` does that to a stored notebook without
-running it (chromium tests are skipped, saying why, where there is no chromium)."""
+dropped, solutions become closed markdown blocks that never run, the kernelspec is the installed one, and
+`--no-run` does that to a stored notebook without running it (chromium tests are skipped, saying why, where
+there is no chromium)."""
 from __future__ import annotations
 
 import base64
@@ -81,10 +82,10 @@ def test_add_fallbacks_replaces_cdn_html_by_a_png_once() -> None:
 
 
 @needs_chromium
-def test_fallbacks_only_command_finishes_a_stored_notebook(tmp_path: Path) -> None:
+def test_no_run_command_finishes_a_stored_notebook(tmp_path: Path) -> None:
     path = tmp_path / "stored.ipynb"
     nbformat.write(_notebook_with_cdn_figure(go.Figure(go.Bar(y=[1, 2]))), path)
-    assert guarded(store.main, ["--fallbacks-only", str(path)]) == 0
+    assert guarded(store.main, ["--no-run", str(path)]) == 0
     nb = nbformat.read(path, as_version=4)
     assert store.PNG in nb.cells[1].outputs[0]["data"] and "text/html" not in nb.cells[1].outputs[0]["data"]
     assert nb.metadata["kernelspec"]["display_name"] != "Python 3"  # the installed spec's name, e.g. "(ipykernel)"
@@ -96,10 +97,10 @@ def test_static_outputs_carry_no_html() -> None:
 
 
 def test_store_refuses_what_is_not_a_notebook(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert guarded(store.main, ["--fallbacks-only", str(tmp_path / "missing.ipynb")]) == 2
+    assert guarded(store.main, ["--no-run", str(tmp_path / "missing.ipynb")]) == 2
     assert "not a notebook file" in capsys.readouterr().err
     (tmp_path / "notes.txt").write_text("x")
-    assert guarded(store.main, ["--fallbacks-only", str(tmp_path / "notes.txt")]) == 2
+    assert guarded(store.main, ["--no-run", str(tmp_path / "notes.txt")]) == 2
 
 
 @needs_chromium
@@ -108,10 +109,33 @@ def test_store_runs_a_notebook_and_stores_its_figure_with_a_png(tmp_path: Path) 
     nb.cells = [nbformat.v4.new_code_cell(
         "import plotly.graph_objects as go, plotly.io as pio\n"
         "pio.renderers.default = 'plotly_mimetype'\n"
-        "go.Figure(go.Bar(y=[1, 2], marker_color='rgb(255,0,0)'), layout=dict(title='bars')).show()")]
+        "go.Figure(go.Bar(y=[1, 2], marker_color='rgb(255,0,0)'), layout=dict(title='bars')).show()"),
+        nbformat.v4.new_markdown_cell("### Exercise 1"),
+        nbformat.v4.new_code_cell("raise RuntimeError('the solution ran')", metadata={"tags": ["solution"]})]
     path = tmp_path / "tiny.ipynb"
     nbformat.write(nb, path)
-    store.store(path, timeout=120)
-    (output,) = nbformat.read(path, as_version=4).cells[0].outputs
+    store.store(path, timeout=120)  # raises CellExecutionError if the solution ran
+    stored = nbformat.read(path, as_version=4)
+    assert stored.cells[2].cell_type == "markdown" and "the solution ran" in stored.cells[2].source
+    (output,) = stored.cells[0].outputs
     assert set(output["data"]) == {store.PLOTLY, store.PNG, "text/plain"}
     assert output["data"]["text/plain"] == "Figure: bars" and _red_pixels(output["data"][store.PNG]) > 1000
+
+
+def test_hide_solutions_turns_solution_code_into_a_closed_markdown_block() -> None:
+    nb = nbformat.v4.new_notebook()
+    solution = nbformat.v4.new_code_cell("# NBVAL_CHECK_OUTPUT\nanswer = 6 * 7\nprint(answer)\n",
+                                         metadata={"tags": ["solution"], "jupyter": {"source_hidden": True}})
+    solution.outputs = [nbformat.v4.new_output("stream", name="stdout", text="42\n")]
+    other = nbformat.v4.new_code_cell("x = 1")
+    nb.cells = [nbformat.v4.new_markdown_cell("### Exercise 1"), solution, other]
+    assert store.hide_solutions(nb) == 1
+    hidden = nb.cells[1]
+    assert hidden.cell_type == "markdown" and hidden.id == solution.id and hidden.metadata == {"tags": ["solution"]}
+    assert hidden.source == ("<details><summary>Solution</summary>\n\n```python\nanswer = 6 * 7\nprint(answer)\n```"
+                             "\n\n</details>")
+    assert "outputs" not in hidden and nb.cells[2] is other
+    assert store.hide_solutions(nb) == 0
+    nbformat.validate(nb)
+    with pytest.raises(ValueError, match="fence"):
+        store.solution_markdown('text = """\n```\n"""')

@@ -23,7 +23,7 @@ MAX_BYTES = 4_000_000
 DATA_KEYS = ("x", "y", "z", "values", "node", "link", "lat", "r")
 PLOTLY = "application/vnd.plotly.v1+json"
 REMOTE_SCRIPT = re.compile(r"<script[^>]*\bsrc\s*=\s*[\"']?(https?:)?//", re.IGNORECASE)
-RESTORE = "python -m indistill_lab.viz.store --fallbacks-only"
+RESTORE = "python -m indistill_lab.viz.store --no-run"
 
 
 def _text(value: Any) -> str:

@@ -1,8 +1,8 @@
 """Run notebooks in quick mode and store their outputs so that they read without a kernel.
 
     python -m indistill_lab.viz.store notebooks/01_data_models_and_retrieval.ipynb ...   (or `make notebooks`)
-    python -m indistill_lab.viz.store --fallbacks-only notebooks/08_*.ipynb   (no run: only add the PNGs;
-                                                                   or `make fallbacks NOTEBOOKS=...`)
+    python -m indistill_lab.viz.store --no-run notebooks/08_*.ipynb   (or `make finish NOTEBOOKS=...`)
+        runs nothing: adds the PNGs, hides the solutions and stores the kernelspec (`finish`), in seconds
 
 A widget needs a live kernel (or a stored widget state: plotly's widget carries its 5 MB script in each one),
 so every widget output is stored as the static figures it showed: an explorer's figures from the static
@@ -109,19 +109,46 @@ def match_kernelspec(nb: nbformat.NotebookNode, name: str = "python3") -> None:
     nb.metadata["kernelspec"] = {"display_name": spec.display_name, "language": spec.language, "name": name}
 
 
+def solution_markdown(code: str) -> str:
+    """An exercise's solution as markdown: its code in a closed <details> block, shown when the learner opens it
+    (GitHub, JupyterLab, nbconvert) and never run by Run All. nbval directives are dropped (nothing runs it)."""
+    lines = [line for line in code.strip("\n").splitlines() if not line.lstrip().startswith("# NBVAL_")]
+    if any(line.lstrip().startswith("```") for line in lines):
+        raise ValueError(f"a solution's code holds a ``` fence, which would end its markdown block: {code[:80]!r}")
+    return "<details><summary>Solution</summary>\n\n```python\n" + "\n".join(lines) + "\n```\n\n</details>"
+
+
+def hide_solutions(nb: nbformat.NotebookNode) -> int:
+    """Turn every code cell tagged 'solution' into a markdown cell tagged 'solution' holding its code in a closed
+    <details> block (`solution_markdown`): Run All neither runs a solution, nor shows its output, nor lets it
+    change what later cells see. Returns how many cells were turned."""
+    turned = 0
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type == "code" and "solution" in cell.metadata.get("tags", []):
+            markdown = nbformat.v4.new_markdown_cell(solution_markdown(cell.source), metadata={"tags": ["solution"]})
+            markdown.id = cell.get("id", markdown.id)
+            nb.cells[index] = markdown
+            turned += 1
+    return turned
+
+
 def finish(nb: nbformat.NotebookNode) -> int:
-    """What every stored notebook gets, run or not: PNG fallbacks (`add_fallbacks`; returns how many were added)
-    and the kernelspec JupyterLab would write (`match_kernelspec`)."""
+    """What every stored notebook gets, run or not: solutions hidden (`hide_solutions`), the kernelspec
+    JupyterLab would write (`match_kernelspec`) and PNG fallbacks (`add_fallbacks`; returns how many were
+    added)."""
+    hide_solutions(nb)
     match_kernelspec(nb)
     return add_fallbacks(nb)
 
 
 def store(path: Path, timeout: int = 600) -> float:
-    """Execute one notebook (quick mode, in its folder) and write it back compacted; returns seconds taken."""
+    """Execute one notebook (quick mode, in its folder; its solutions hidden first, so they never run) and
+    write it back compacted and finished; returns seconds taken."""
     from nbclient import NotebookClient
 
     os.environ["INDISTILL_QUICK"] = "1"
     nb = nbformat.read(path, as_version=4)
+    hide_solutions(nb)
     start = time.perf_counter()
     NotebookClient(nb, timeout=timeout, kernel_name="python3", store_widget_state=True,
                    resources={"metadata": {"path": str(path.parent)}}).execute()
@@ -132,7 +159,7 @@ def store(path: Path, timeout: int = 600) -> float:
     return seconds
 
 
-def store_fallbacks(path: Path) -> int:
+def store_without_running(path: Path) -> int:
     """`finish` a stored notebook without running it; returns how many PNG fallbacks were added."""
     nb = nbformat.read(path, as_version=4)
     added = finish(nb)
@@ -144,9 +171,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="+", type=Path)
     parser.add_argument("--timeout", type=int, default=600, help="seconds a cell may run")
-    parser.add_argument("--fallbacks-only", action="store_true",
-                        help="run nothing: add a PNG to every stored figure that lacks one, drop CDN HTML, "
-                             "store the installed kernelspec")
+    parser.add_argument("--no-run", action="store_true",
+                        help="run nothing, only finish the stored file: a PNG for every stored figure that lacks one "
+                             "(CDN HTML dropped), solutions hidden, the installed kernelspec")
     args = parser.parse_args(argv)
     missing = [str(p) for p in args.notebooks if p.suffix != ".ipynb" or not p.is_file()]
     if missing:
@@ -154,8 +181,8 @@ def main(argv: list[str] | None = None) -> None:
     positive("--timeout", args.timeout)
     for path in args.notebooks:
         before = path.stat().st_size
-        if args.fallbacks_only:
-            added = store_fallbacks(path)
+        if args.no_run:
+            added = store_without_running(path)
             print(f"{path}: {added} PNG fallbacks added, {before / 1e6:.2f} -> {path.stat().st_size / 1e6:.2f} MB")
         else:
             seconds = store(path, args.timeout)
