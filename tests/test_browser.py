@@ -205,8 +205,8 @@ def _move_a_control(page: Any, shots: Path) -> str:
 
 # Every stored figure drawn, as its PNG or live: JupyterLab's plotly renderer shows a stored PNG, and draws a
 # figure without one live and then writes a PNG of it into the output (which marks the notebook modified).
-STORED_DRAWN_JS = """() => [...window.jupyterapp.shell.currentWidget.content.node.querySelectorAll('.jp-RenderedPlotly')]
-  .every(r => r.querySelector('.plot-container .main-svg') || (r.querySelector('img.plot-img') || {}).naturalWidth > 0)"""
+STORED_DRAWN_JS = """() => [...window.jupyterapp.shell.currentWidget.content.node
+  .querySelectorAll('.jp-RenderedPlotly')].every(r => r.querySelector('.plot-container .main-svg') || (r.querySelector('img.plot-img') || {}).naturalWidth > 0)"""
 
 
 @pytest.mark.parametrize("notebook", ALL_NOTEBOOKS, ids=[p.stem[:2] for p in ALL_NOTEBOOKS])

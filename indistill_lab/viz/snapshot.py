@@ -3,8 +3,8 @@
 A stored notebook shows these where no script runs (GitHub, nbconvert's HTML, a viewer without plotly):
 `png_images` opens one headless chromium page (driven by Playwright), loads plotly.js from the `plotly`
 package's own bundled file, refuses every network request, and asks plotly.js for each figure's PNG; each PNG
-is then stored with a 256-colour palette where that changes no pixel visibly (`compact_png`): a third of the
-bytes, so that a notebook with its images is no larger than it was with plotly's CDN HTML.
+is then stored with a 256-colour palette where that changes no pixel visibly (`compact_png`): about a third of
+the bytes, so that a notebook with its images is no larger than it was with plotly's CDN HTML.
 """
 from __future__ import annotations
 
@@ -27,11 +27,12 @@ output width in JupyterLab and on GitHub, so the image shows at the size the liv
 DEFAULT_HEIGHT = 450
 """Pixels down for a figure without a layout height (plotly.js's own default)."""
 PALETTE_MEAN_ERROR = 1.0
+PALETTE_FAR_ERROR = 24
 PALETTE_FAR_PIXELS = 0.005
 """A palette image is kept when its pixels differ from the full-colour one by under PALETTE_MEAN_ERROR (of 255)
-on average and fewer than PALETTE_FAR_PIXELS of them by more than 24: plotly's figures have a few hundred
-colours, and the pixels the palette moves are single anti-aliased edge pixels (measured on notebooks 00-07:
-mean error 0.00-0.22, at most 0.12% of pixels over 24). A photo-like figure keeps its full colours."""
+on average and fewer than PALETTE_FAR_PIXELS of them by more than PALETTE_FAR_ERROR: plotly's figures have a
+few hundred colours, and the pixels the palette moves are single anti-aliased edge pixels (measured on notebooks
+00-07: mean error 0.00-0.22, at most 0.12% of pixels over 24). A photo-like figure keeps its full colours."""
 
 # One figure to a PNG data URL, at its layout size (or the defaults above), one image pixel per CSS pixel so
 # that the image shows at the live figure's size (as JupyterLab's plotly renderer stores its own).
@@ -93,7 +94,7 @@ def compact_png(image: str) -> str:
     full = on_white.convert("RGB")
     palette = full.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
     error = np.abs(np.asarray(palette.convert("RGB"), dtype=int) - np.asarray(full, dtype=int)).max(axis=2)
-    faithful = error.mean() < PALETTE_MEAN_ERROR and (error > 24).mean() < PALETTE_FAR_PIXELS
+    faithful = error.mean() < PALETTE_MEAN_ERROR and (error > PALETTE_FAR_ERROR).mean() < PALETTE_FAR_PIXELS
     out = io.BytesIO()
     (palette if faithful else full).save(out, format="PNG", optimize=True)
     return base64.b64encode(out.getvalue()).decode("ascii")

@@ -7,7 +7,7 @@
 A widget needs a live kernel (or a stored widget state: plotly's widget carries its 5 MB script in each one),
 so every widget output is stored as the static figures it showed: an explorer's figures from the static
 mimetype it carries, a bare figure widget (a live training plot) from its last synced state. Each figure is
-stored as plotly JSON (JupyterLab and VS Code draw it live) with a PNG of it in the same output (GitHub,
+stored as plotly JSON (JupyterLab draws it live) with a PNG of it in the same output (GitHub,
 nbconvert's HTML and any viewer without scripts show that; JupyterLab shows it until the pointer enters the
 figure, and then draws it live). No HTML is stored with a figure: plotly's HTML loads plotly.js from a CDN,
 which GitHub and an offline viewer never run (a blank box), and HTML carrying plotly.js itself would add 4.6 MB
