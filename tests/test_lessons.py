@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from indistill_lab.viz.store import solution_code
+
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
 
@@ -25,15 +27,7 @@ def _source(cell: dict[str, Any]) -> str:
     return "".join(cell["source"])
 
 
-SOLUTION = re.compile(r"\A<details><summary>Solution</summary>\n\n```python\n(?P<code>.*?)\n```\n\n</details>\Z",
-                      re.DOTALL)
 RESTORE = "python -m indistill_lab.viz.store --no-run"
-
-
-def _solution_code(cell: dict[str, Any]) -> str | None:
-    """The code of a hidden solution cell (None when the cell is not one)."""
-    match = SOLUTION.match(_source(cell)) if cell["cell_type"] == "markdown" else None
-    return match["code"] if match and "solution" in cell["metadata"].get("tags", []) else None
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem[:2] for p in NOTEBOOKS])
@@ -73,7 +67,7 @@ def test_every_exercise_has_a_hint_and_a_hidden_solution(path: Path) -> None:
     for i in exercises:
         text = _source(cells[i])
         assert "<summary>Hint</summary>" in text, f"{path.name} cell {i + 1}: exercise without a <details> hint"
-        assert i + 1 < len(cells) and _solution_code(cells[i + 1]) is not None, \
+        assert i + 1 < len(cells) and solution_code(cells[i + 1]) is not None, \
             (f"{path.name} cell {i + 1}: the exercise must be followed by its solution, a markdown cell tagged "
              f"'solution' holding the code in a closed <details><summary>Solution</summary> block ({RESTORE} "
              f"{path.relative_to(path.parents[1])} turns a code cell tagged 'solution' into one)")
@@ -94,7 +88,7 @@ def test_solution_code_parses_and_its_kit_imports_exist(path: Path) -> None:
     the kit exists (a renamed function breaks the solution, not a test run)."""
     problems = []
     for number, cell in enumerate(_cells(path), start=1):
-        code = _solution_code(cell)
+        code = solution_code(cell)
         if code is None:
             continue
         try:

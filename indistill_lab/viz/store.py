@@ -20,7 +20,7 @@ import base64
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import nbformat
 import numpy as np
@@ -35,6 +35,8 @@ WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 PLOTLY = "application/vnd.plotly.v1+json"
 PNG = "image/png"
 HTML = "text/html"
+SOLUTION_OPEN = "<details><summary>Solution</summary>\n\n```python\n"
+SOLUTION_CLOSE = "\n```\n\n</details>"
 
 
 def _figure_state(model: dict[str, Any]) -> go.Figure:
@@ -115,7 +117,18 @@ def solution_markdown(code: str) -> str:
     lines = [line for line in code.strip("\n").splitlines() if not line.lstrip().startswith("# NBVAL_")]
     if any(line.lstrip().startswith("```") for line in lines):
         raise ValueError(f"a solution's code holds a ``` fence, which would end its markdown block: {code[:80]!r}")
-    return "<details><summary>Solution</summary>\n\n```python\n" + "\n".join(lines) + "\n```\n\n</details>"
+    return SOLUTION_OPEN + "\n".join(lines) + SOLUTION_CLOSE
+
+
+def solution_code(cell: Mapping[str, Any]) -> str | None:
+    """The code of a hidden solution cell (`solution_markdown`'s block in a markdown cell tagged 'solution'), or
+    None when the cell is not one. Takes a cell as nbformat reads it or as raw JSON (source as a list of lines)."""
+    source = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
+    if cell["cell_type"] != "markdown" or "solution" not in cell["metadata"].get("tags", []):
+        return None
+    if not (source.startswith(SOLUTION_OPEN) and source.endswith(SOLUTION_CLOSE)):
+        return None
+    return source[len(SOLUTION_OPEN):-len(SOLUTION_CLOSE)]
 
 
 def hide_solutions(nb: nbformat.NotebookNode) -> int:
