@@ -13,7 +13,7 @@ LAB_FLAGS ?= $(if $(or $(DISPLAY),$(filter Darwin,$(shell uname -s))),,--no-brow
 DEBIAN_FASHION := /usr/share/datasets/fashion-mnist
 RAW_FASHION := data/FashionMNIST/raw/train-images-idx3-ubyte
 
-.PHONY: lab test browser-test setup data chromium notebooks finish clean-venv
+.PHONY: lab test browser-test solutions-test setup data chromium notebooks finish clean-venv
 .DEFAULT_GOAL := lab
 
 # Reinstalled only when pyproject.toml changes (the stamp is newer otherwise).
@@ -73,3 +73,8 @@ clean-venv:
 # Every notebook through the real browser (make test runs a sample: see tests/test_browser.py).
 browser-test: data chromium
 	INDISTILL_QUICK=1 INDISTILL_BROWSER_NOTEBOOKS=all $(PY) -m pytest -q -rs -p no:cacheprovider tests/test_browser.py
+
+# Every notebook's hidden exercise solutions, run after the notebook (make test runs notebook 00's: see
+# tests/test_solutions.py).
+solutions-test: data
+	INDISTILL_QUICK=1 INDISTILL_SOLUTION_NOTEBOOKS=all $(PY) -m pytest -q -rs -p no:cacheprovider tests/test_solutions.py

@@ -139,3 +139,15 @@ def test_hide_solutions_turns_solution_code_into_a_closed_markdown_block() -> No
     nbformat.validate(nb)
     with pytest.raises(ValueError, match="fence"):
         store.solution_markdown('text = """\n```\n"""')
+
+
+def test_solution_code_reads_back_what_hide_solutions_wrote() -> None:
+    nb = nbformat.v4.new_notebook()
+    code = "for x in range(3):\n    print(x)"
+    nb.cells = [nbformat.v4.new_code_cell(code, metadata={"tags": ["solution"]}), nbformat.v4.new_markdown_cell(
+        "<details><summary>Solution</summary>\n\n```python\nx = 1\n```\n\n</details>")]
+    store.hide_solutions(nb)
+    assert store.solution_code(nb.cells[0]) == code
+    raw = {**nb.cells[0], "source": nb.cells[0].source.splitlines(keepends=True)}  # as the .ipynb JSON holds it
+    assert store.solution_code(raw) == code
+    assert store.solution_code(nb.cells[1]) is None, "an untagged block is not a hidden solution"
