@@ -13,15 +13,18 @@ import pytest
 
 from indistill_lab.viz.store import solution_code
 
-ALL_NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+REPO = Path(__file__).resolve().parents[1]
+ALL_NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 SAMPLE = os.environ.get("INDISTILL_SOLUTION_NOTEBOOKS", "00")
 NOTEBOOKS = [p for p in ALL_NOTEBOOKS if SAMPLE == "all" or p.stem[:2] in SAMPLE.split(",")]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem[:2] for p in NOTEBOOKS])
-def test_hidden_solutions_run_after_the_notebook(path: Path) -> None:
+def test_hidden_solutions_run_after_the_notebook(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from nbclient import NotebookClient
 
+    # the kernel imports this checkout's kit, whatever checkout the environment's editable install points to
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     nb = nbformat.read(path, as_version=4)
     solutions = [i for i, cell in enumerate(nb.cells) if solution_code(cell) is not None]
     assert solutions, f"{path.name} has no hidden solution (python -m indistill_lab.viz.store --no-run hides them)"
