@@ -151,3 +151,9 @@ def test_solution_code_reads_back_what_hide_solutions_wrote() -> None:
     raw = {**nb.cells[0], "source": nb.cells[0].source.splitlines(keepends=True)}  # as the .ipynb JSON holds it
     assert store.solution_code(raw) == code
     assert store.solution_code(nb.cells[1]) is None, "an untagged block is not a hidden solution"
+
+
+def test_png_images_without_chromium_says_how_to_install_it(tmp_path: Path) -> None:
+    assert png_images([], chromium=tmp_path / "none") == []  # nothing to draw: no browser needed
+    with pytest.raises(FileNotFoundError, match="make chromium"):
+        png_images([figure_json(go.Figure(go.Bar(y=[1])))], chromium=tmp_path / "none")
