@@ -13,7 +13,7 @@ LAB_FLAGS ?= $(if $(or $(DISPLAY),$(filter Darwin,$(shell uname -s))),,--no-brow
 DEBIAN_FASHION := /usr/share/datasets/fashion-mnist
 RAW_FASHION := data/FashionMNIST/raw/train-images-idx3-ubyte
 
-.PHONY: lab test browser-test setup data chromium notebooks clean-venv
+.PHONY: lab test browser-test solutions-test setup data chromium notebooks finish clean-venv
 .DEFAULT_GOAL := lab
 
 # Reinstalled only when pyproject.toml changes (the stamp is newer otherwise).
@@ -52,12 +52,20 @@ test: data chromium
 		--nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider tests notebooks; \
 	rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
 
-# Run the notebooks in quick mode and store their outputs as static figures (readable without a kernel):
+# Run the notebooks in quick mode and store their outputs as static figures (readable without a kernel), each
+# with a PNG of itself drawn by chromium (what GitHub shows):
 #   make notebooks                       every notebook
 #   make notebooks NOTEBOOKS="notebooks/07_indistill_end_to_end.ipynb"
+# Finish stored notebooks without running them (seconds, not minutes): a PNG for every figure stored without
+# one, solutions hidden, the installed kernelspec:
+#   make finish NOTEBOOKS="notebooks/08_cascaded_teaching_assistants.ipynb"
+#   (= python -m indistill_lab.viz.store --no-run notebooks/08_cascaded_teaching_assistants.ipynb)
 NOTEBOOKS ?= $(wildcard notebooks/*.ipynb)
-notebooks: data
+notebooks: data chromium
 	INDISTILL_QUICK=1 $(PY) -m indistill_lab.viz.store $(NOTEBOOKS)
+
+finish: setup chromium
+	$(PY) -m indistill_lab.viz.store --no-run $(NOTEBOOKS)
 
 clean-venv:
 	rm -rf $(VENV)
@@ -65,3 +73,8 @@ clean-venv:
 # Every notebook through the real browser (make test runs a sample: see tests/test_browser.py).
 browser-test: data chromium
 	INDISTILL_QUICK=1 INDISTILL_BROWSER_NOTEBOOKS=all $(PY) -m pytest -q -rs -p no:cacheprovider tests/test_browser.py
+
+# Every notebook's hidden exercise solutions, run after the notebook (make test runs notebook 00's: see
+# tests/test_solutions.py).
+solutions-test: data
+	INDISTILL_QUICK=1 INDISTILL_SOLUTION_NOTEBOOKS=all $(PY) -m pytest -q -rs -p no:cacheprovider tests/test_solutions.py

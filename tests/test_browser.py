@@ -1,5 +1,6 @@
 """Every notebook as a learner meets it: opened in JupyterLab in a real browser (Debian's chromium driven by
-Playwright), run with Run All in quick mode, every widget and plotly figure drawn, a control moved.
+Playwright), run with Run All in quick mode, every widget and plotly figure drawn, a control moved; and every
+stored notebook opened without running anything stays unmodified (JupyterLab asks to save nothing).
 
 Screenshots land in test-artifacts/browser/ (git-ignored), beside the notebook copies the browser ran (the
 repository's notebooks are never written). Skipped, with the reason, when chromium or Playwright is missing.
@@ -200,6 +201,26 @@ def _move_a_control(page: Any, shots: Path) -> str:
                     out.screenshot(path=shots / "control-moved.png")
                     return f"{kind} of widget output {index + 1}"
     return ""
+
+
+# Every stored figure drawn, as its PNG or live: JupyterLab's plotly renderer shows a stored PNG, and draws a
+# figure without one live and then writes a PNG of it into the output (which marks the notebook modified).
+STORED_DRAWN_JS = """() => [...window.jupyterapp.shell.currentWidget.content.node
+  .querySelectorAll('.jp-RenderedPlotly')].every(r => r.querySelector('.plot-container .main-svg') || (r.querySelector('img.plot-img') || {}).naturalWidth > 0)"""
+
+
+@pytest.mark.parametrize("notebook", ALL_NOTEBOOKS, ids=[p.stem[:2] for p in ALL_NOTEBOOKS])
+def test_stored_notebook_opens_unmodified(lab: dict[str, Any], notebook: Path) -> None:
+    page = lab["page"]
+    page.goto(f"{lab['url']}/lab/tree/{notebook.name}?token={lab['token']}&reset")
+    page.wait_for_function("""() => { const p = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+        return p && p.context && p.context.isReady; }""", timeout=120_000)
+    page.wait_for_function(STORED_DRAWN_JS, timeout=60_000)
+    time.sleep(3)  # a renderer that rewrites an output does so just after drawing it
+    dirty = page.evaluate("() => window.jupyterapp.shell.currentWidget.context.model.dirty")
+    page.evaluate("""async () => { const p = window.jupyterapp.shell.currentWidget;
+        await p.sessionContext.shutdown(); p.context.model.dirty = false; p.close(); }""")
+    assert not dirty, f"{notebook.name}: opening it marked it modified before anything ran"
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem[:2] for p in NOTEBOOKS])

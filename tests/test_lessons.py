@@ -1,15 +1,20 @@
 """Every notebook is built as a lesson (README, "How a notebook is laid out"): it opens with goals,
 prerequisites and a reading/run-time estimate, asks at least one predict-then-run question, ends with a
-summary that points to the next notebook, and each exercise has a hint and a hidden solution that runs
-(nbval runs the solution cells like any other)."""
+summary that points to the next notebook, and each exercise has a hint and a solution hidden until the learner
+opens it: a markdown cell holding the code in a closed <details> block, which Run All never runs or shows
+(`python -m indistill_lab.viz.store --no-run` turns a code cell tagged 'solution' into one)."""
 from __future__ import annotations
 
+import ast
+import importlib
 import json
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from indistill_lab.viz.store import solution_code
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
@@ -22,8 +27,7 @@ def _source(cell: dict[str, Any]) -> str:
     return "".join(cell["source"])
 
 
-def _hidden(cell: dict[str, Any]) -> bool:
-    return cell["cell_type"] == "code" and cell["metadata"].get("jupyter", {}).get("source_hidden") is True
+RESTORE = "python -m indistill_lab.viz.store --no-run"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem[:2] for p in NOTEBOOKS])
@@ -63,6 +67,38 @@ def test_every_exercise_has_a_hint_and_a_hidden_solution(path: Path) -> None:
     for i in exercises:
         text = _source(cells[i])
         assert "<summary>Hint</summary>" in text, f"{path.name} cell {i + 1}: exercise without a <details> hint"
-        assert i + 1 < len(cells) and _hidden(cells[i + 1]) and "solution" in cells[i + 1]["metadata"].get("tags", []), \
-            (f"{path.name} cell {i + 1}: the exercise must be followed by its solution, a code cell tagged 'solution' "
-             "with metadata jupyter.source_hidden = true")
+        assert i + 1 < len(cells) and solution_code(cells[i + 1]) is not None, \
+            (f"{path.name} cell {i + 1}: the exercise must be followed by its solution, a markdown cell tagged "
+             f"'solution' holding the code in a closed <details><summary>Solution</summary> block ({RESTORE} "
+             f"{path.relative_to(path.parents[1])} turns a code cell tagged 'solution' into one)")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem[:2] for p in NOTEBOOKS])
+def test_run_all_neither_runs_nor_shows_a_solution(path: Path) -> None:
+    """No code cell is a solution: Run All runs code cells, and a solution run by it shows its answer and changes
+    the state later cells and exercises meet."""
+    solutions = [i + 1 for i, c in enumerate(_cells(path))
+                 if c["cell_type"] == "code" and "solution" in c["metadata"].get("tags", [])]
+    assert not solutions, f"{path.name}: cells {solutions} are solutions as code cells; {RESTORE} hides them"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem[:2] for p in NOTEBOOKS])
+def test_solution_code_parses_and_its_kit_imports_exist(path: Path) -> None:
+    """Nothing runs a hidden solution, so its code is checked here: it parses, and every name it imports from
+    the kit exists (a renamed function breaks the solution, not a test run)."""
+    problems = []
+    for number, cell in enumerate(_cells(path), start=1):
+        code = solution_code(cell)
+        if code is None:
+            continue
+        try:
+            tree = ast.parse(code)
+        except SyntaxError as error:
+            problems.append(f"cell {number}: does not parse ({error})")
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("indistill_lab"):
+                module = importlib.import_module(node.module)
+                problems += [f"cell {number}: {node.module} has no {alias.name}" for alias in node.names
+                             if not hasattr(module, alias.name)]
+    assert not problems, f"{path.name}: {problems}"
