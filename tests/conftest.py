@@ -1,17 +1,26 @@
 """Shared fixtures: quick mode for every test, small deterministic data."""
 from __future__ import annotations
 
+from typing import Iterator
+
 import pytest
 import torch
 
 from indistill_lab.data import Split, dataset_info
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _outside_the_repository(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Results, caches and checkpoints of every test (and of module-scoped fixtures, set up before any
+    function-scoped one) go to pytest's temporary folder, never into the repository."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("INDISTILL_OUT", str(tmp_path_factory.mktemp("out")))
+        yield
+
+
 @pytest.fixture(autouse=True)
-def _quick(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Quick mode, and results, caches and checkpoints written outside the repository."""
+def _quick(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INDISTILL_QUICK", "1")
-    monkeypatch.setenv("INDISTILL_OUT", str(tmp_path_factory.getbasetemp() / "out"))
     torch.manual_seed(0)
 
 
