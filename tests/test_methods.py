@@ -166,14 +166,17 @@ def test_variant_runs_never_touch_the_zoo(tmp_path, monkeypatch, tiny_split):
 
 
 def test_the_aux_epoch_size_keeps_old_digests_and_short_runs_skip_the_target_cache(tiny_prep):
-    """A configuration whose auxiliary epoch size equals its students' has the digest it had before the field
-    existed (committed tables resume); one run that sees fewer examples than the training set computes its
+    """A configuration whose auxiliary epoch size is the default or equals its students' has the digest it had
+    before the field existed (committed tables resume); one run that sees fewer examples than the training set computes its
     targets batch by batch instead of caching the whole set."""
     from dataclasses import replace
 
     from indistill_lab.experiments.runs import shared_cache
 
     assert RunConfig().digest(quick=False) == "e8b49b4d4a" and RunConfig.paper().digest(quick=False) == "cf5a919776"
+    from indistill_lab.experiments.warmup_onset import config
+
+    assert config().digest(quick=False) == "f4c812c4a6"  # results/warmup-onset.csv
     assert RunConfig(aux_epoch_size=512).digest() != RunConfig().digest()
     cfg, prep = tiny_prep
     n = len(prep.train)
