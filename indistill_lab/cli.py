@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     rp = sub.add_parser("reproduce", help="run InDistill and every baseline over seeds; write the results table "
                         "(results/<dataset>.csv/.md/.png for the default budget, <dataset>-<config digest>.* otherwise)")
     rp.add_argument("--dataset", choices=["fashion-mnist", "cifar10"], help="default: fashion-mnist (or --config's)")
-    rp.add_argument("--seeds", type=int, nargs="+", default=[3],
-                    help="a count (3: seeds 0 1 2) or several seeds (0 3 7)")
+    rp.add_argument("--seeds", nargs="+", default=[3],
+                    help="a count (3: seeds 0 1 2), several seeds (0 3 7) or ranges (2-4)")
     rp.add_argument("--update", action="store_true",
                     help="allow adding rows to a committed (git-tracked) table; without it such a run stops first")
     rp.add_argument("--force", action="store_true",

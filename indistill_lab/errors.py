@@ -50,17 +50,25 @@ def positive(flag: str, value: int | None, minimum: int = 1) -> None:
         raise UsageError(f"{flag} must be >= {minimum}, got {value}.")
 
 
-def seeds_from(values: Sequence[int], flag: str = "--seeds") -> list[int]:
-    """`--seeds N` (one value: seeds 0..N-1) or `--seeds 0 3 7` (several: those seeds), checked."""
-    values = list(values)
+def seeds_from(values: Sequence[int | str], flag: str = "--seeds") -> list[int]:
+    """`--seeds N` (one number: seeds 0..N-1), `--seeds 0 3 7` (several: those seeds) or ranges `A-B`
+    (inclusive, e.g. `--seeds 2-2` for seed 2 alone, `--seeds 3-5 9`), checked: repeats refused."""
+    values = [str(v).strip() for v in values]
     if not values:
-        raise UsageError(f"{flag} needs a count (e.g. 3 for seeds 0 1 2) or a list of seeds (e.g. 0 3 7).")
-    if len(values) == 1:
-        if values[0] < 1:
-            raise UsageError(f"{flag} {values[0]}: a count of seeds must be >= 1 (or give several seeds, e.g. "
-                             f"{flag} 0 3 7).")
-        return list(range(values[0]))
-    bad = [v for v in values if v < 0]
-    if bad:
-        raise UsageError(f"{flag} {' '.join(map(str, values))}: seeds must be >= 0, got {bad}.")
-    return check_unique(values, flag)
+        raise UsageError(f"{flag} needs a count (e.g. 3 for seeds 0 1 2), seeds (e.g. 0 3 7) or a range (2-4).")
+    given = " ".join(values)
+    if len(values) == 1 and values[0].lstrip("-").isdigit():
+        count = int(values[0])
+        if count < 1:
+            raise UsageError(f"{flag} {given}: a count of seeds must be >= 1 (or give seeds, e.g. {flag} 0 3 7, or "
+                             f"a range, e.g. {flag} 2-2 for seed 2 alone).")
+        return list(range(count))
+    seeds: list[int] = []
+    for value in values:
+        low, sep, high = value.partition("-")
+        if not low.isdigit() or (sep and not high.isdigit()):
+            raise UsageError(f"{flag} {given}: {value!r} is not a seed (>= 0) or a range A-B of seeds.")
+        if sep and int(high) < int(low):
+            raise UsageError(f"{flag} {given}: the range {value} is empty (write A-B with A <= B).")
+        seeds += list(range(int(low), int(high) + 1)) if sep else [int(low)]
+    return check_unique(seeds, flag)

@@ -9,6 +9,7 @@ from indistill_lab.cli import main
 @pytest.mark.parametrize("argv, message", [
     (["reproduce", "--seeds", "0"], "--seeds 0: a count of seeds must be >= 1"),
     (["reproduce", "--seeds", "-1"], "--seeds -1: a count of seeds must be >= 1"),
+    (["reproduce", "--seeds", "two"], "'two' is not a seed"),
     (["reproduce", "--methods", "indistil"], "Unknown method(s) indistil. Known: student-ce"),
     (["reproduce", "--workers", "0"], "workers must be >= 1"),
     (["reproduce", "--lr-drop-epoch", "-3"], "--lr-drop-epoch must be >= 0"),

@@ -101,6 +101,13 @@ def test_duplicates_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ResultsError, match="--seeds names 2 more than once"):
         seeds_from([2, 2])
     assert seeds_from([3]) == [0, 1, 2] and seeds_from([0, 3, 7]) == [0, 3, 7]
+    assert seeds_from(["2-2"]) == [2] and seeds_from(["3-5", "9"]) == [3, 4, 5, 9]
+    with pytest.raises(ResultsError, match="names 4 more than once"):
+        seeds_from(["3-5", "4"])
+    with pytest.raises(ValueError, match="the range 5-3 is empty"):
+        seeds_from(["5-3"])
+    with pytest.raises(ValueError, match="'x' is not a seed"):
+        seeds_from(["1", "x"])
 
 
 def test_a_committed_table_changes_only_with_update(tmp_path: Path) -> None:
@@ -138,7 +145,7 @@ def test_reproduce_refuses_a_committed_table_before_any_work(tmp_path: Path, cap
     (["reproduce", "--epoch-size", "-5"], "--epoch-size must be >= 0"),
     (["reproduce", "--workers", "0"], "--workers must be >= 1"),
     (["reproduce", "--seeds", "0"], "--seeds 0: a count of seeds must be >= 1"),
-    (["reproduce", "--seeds", "1", "-2"], "seeds must be >= 0"),
+    (["reproduce", "--seeds", "1", "-2"], "'-2' is not a seed (>= 0) or a range A-B"),
     (["reproduce", "--methods", "student-ce", "student-ce"], "--methods names student-ce more than once"),
 ])
 def test_arguments_are_checked_first_naming_the_flag(argv: list[str], words: str, capsys) -> None:

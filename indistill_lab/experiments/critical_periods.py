@@ -288,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     d = Grid()
     p = argparse.ArgumentParser(prog="python -m indistill_lab.experiments.critical_periods", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int, nargs="+", default=[3], help="a count (3: seeds 0 1 2) or several seeds")
+    p.add_argument("--seeds", nargs="+", default=[3], help="a count (3: seeds 0 1 2), several seeds (0 3 7) or ranges (2-4)")
     p.add_argument("--train-size", type=int, default=Setup.train_size)
     p.add_argument("--test-size", type=int, default=Setup.test_size)
     p.add_argument("--epoch-size", type=int, default=Setup.epoch_size, help="images per epoch")

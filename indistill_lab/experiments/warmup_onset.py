@@ -198,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Run the missing rows, then write the markdown summary beside the CSV."""
     p = argparse.ArgumentParser(prog="python -m indistill_lab.experiments.warmup_onset", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int, nargs="+", default=[3], help="a count (3: seeds 0 1 2) or several seeds")
+    p.add_argument("--seeds", nargs="+", default=[3], help="a count (3: seeds 0 1 2), several seeds (0 3 7) or ranges (2-4)")
     p.add_argument("--onsets", type=int, nargs="+", default=[0, 3, 6], help="epochs of PKT before the warm-up")
     p.add_argument("--epochs", type=int, default=16)
     p.add_argument("--epoch-size", type=int, default=5_000, help="images per epoch")
