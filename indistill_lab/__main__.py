@@ -1,5 +1,4 @@
-import sys
-
 from .cli import main
+from .errors import cli
 
-sys.exit(main())
+cli(main)

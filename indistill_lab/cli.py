@@ -8,6 +8,7 @@ import json
 import sys
 
 from . import zoo
+from .errors import cli, guarded, positive, seeds_from
 from .fashion_mnist import ensure_fashion_mnist
 from .methods import method_names
 from .train import OPTIMIZER_STATE_POLICIES
@@ -16,20 +17,23 @@ from .train import OPTIMIZER_STATE_POLICIES
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m indistill_lab", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
-    common = argparse.ArgumentParser(add_help=False)  # --debug also accepted after the command
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("data", parents=[common], help="make Fashion-MNIST available offline (raw folder, Debian package or download)")
-    zp = sub.add_parser("zoo", parents=[common], help="build or list the pretrained model zoo")
+    sub.add_parser("data", help="make Fashion-MNIST available offline (raw folder, Debian package or download)")
+    zp = sub.add_parser("zoo", help="build or list the pretrained model zoo")
     zp.add_argument("action", choices=["build", "evaluate", "list"],
                     help="build: train and evaluate; evaluate: re-measure shipped models; list: print the manifest")
     zp.add_argument("--only", nargs="+", metavar="NAME", help=f"models to build (default all: {', '.join(zoo.RECIPES)})")
     zp.add_argument("--force", action="store_true", help="retrain models that are already built")
     zp.add_argument("--dataset", default="fashion-mnist")
-    rp = sub.add_parser("reproduce", parents=[common], help="run InDistill and every baseline over seeds; write the results table "
+    rp = sub.add_parser("reproduce", help="run InDistill and every baseline over seeds; write the results table "
                         "(results/<dataset>.csv/.md/.png for the default budget, <dataset>-<config digest>.* otherwise)")
     rp.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "cifar10"])
-    rp.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
+    rp.add_argument("--seeds", type=int, nargs="+", default=[3],
+                    help="a count (3: seeds 0 1 2) or several seeds (0 3 7)")
+    rp.add_argument("--update", action="store_true",
+                    help="allow adding rows to a committed (git-tracked) table; without it such a run stops first")
+    rp.add_argument("--out", metavar="DIR",
+                    help="folder for the table (default: results/, results/quick/ in quick mode, or $INDISTILL_OUT)")
     rp.add_argument("--paper", action="store_true",
                     help="the paper's 70-epoch protocol (a=2, full passes, lr 1e-4 from epoch 60); CIFAR-10 always uses it")
     rp.add_argument("--epochs", type=int, help="total epochs per run (default: 15, or 70 with --paper)")
@@ -48,15 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                          "cluster of `ray start` or $RAY_ADDRESS (default), at ADDRESS (e.g. ray://head:10001), or "
                          "'local' for an instance started here for this command")
     rp.add_argument("--no-cache", action="store_true", help="recompute teacher targets every batch")
-    args = parser.parse_args(argv)
-    try:
-        return _run(args)
-    except (KeyError, ValueError, FileNotFoundError, RuntimeError) as exc:
-        if args.debug:
-            raise
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+    return guarded(lambda args: _run(parser.parse_args(args)), argv)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -72,8 +68,18 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "reproduce":
         from .experiments.reproduce import reproduce
         from .experiments.tables import markdown_summary
+        from .methods import check_names
         from .pipeline import RunConfig
+        from .results import check_unique
 
+        seeds = seeds_from(args.seeds)
+        positive("--workers", args.workers)
+        positive("--epochs", args.epochs)
+        positive("--epoch-size", args.epoch_size, 0)
+        positive("--lr-drop-epoch", args.lr_drop_epoch, 0)
+        positive("--a", args.a, 0)
+        if args.methods is not None:
+            check_names(check_unique(args.methods, "--methods"))
         changes = {k: v for k, v in {"epochs": args.epochs, "a": args.a, "lr_drop_epoch": args.lr_drop_epoch,
                                      "optimizer_state": args.optimizer_state}.items() if v is not None}
         if args.epoch_size is not None:
@@ -88,11 +94,11 @@ def _run(args: argparse.Namespace) -> int:
             cfg = RunConfig.paper(args.dataset, **changes)
         else:
             cfg = RunConfig(dataset=args.dataset, **changes)
-        rows = reproduce(cfg, range(args.seeds), args.methods, workers=args.workers,
-                         ray_address=args.ray, log=lambda m: print(m, flush=True))
+        rows = reproduce(cfg, seeds, args.methods, args.out, workers=args.workers, ray_address=args.ray,
+                         log=lambda m: print(m, flush=True), update=args.update)
         print(markdown_summary(rows))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli(main)

@@ -305,7 +305,11 @@ class Curriculum:
         """Read a curriculum from JSON text or from a file path."""
         text = str(text_or_path)
         if not text.lstrip().startswith(("{", "[", "\"")):
-            text = Path(text_or_path).read_text()
+            try:
+                text = Path(text_or_path).read_text(encoding="utf-8")
+            except UnicodeDecodeError as exc:
+                raise CurriculumError(f"{text_or_path} is not a UTF-8 text file ({exc.reason} at byte {exc.start}): "
+                                      "a curriculum file is JSON text, as written by Curriculum.to_json.") from None
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:

@@ -198,7 +198,7 @@ def auxiliary_pkt(teacher: nn.Module, cfg: RunConfig, train: Split, progress: bo
                                     sort_keys=True).encode()).hexdigest()[:10]
     path = CACHE_DIR / f"auxiliary-pkt-{key}.pt"
     if path.is_file():
-        return zoo.load_file(path)
+        return zoo.load_file(path, kind="cache")
     aux = train_auxiliary_pkt(teacher, cfg, train, progress=progress)
     zoo.save_model(aux, path)
     return aux

@@ -53,9 +53,18 @@ class UnknownLayerError(KeyError):
 # The dependency graph: which layers can be pruned and which layers are coupled.
 # ------------------------------------------------------------------------------------------
 def _infer_input_shape(model: nn.Module, input_shape: Sequence[int] | None) -> tuple[int, ...]:
-    if input_shape is not None:
-        return tuple(int(s) for s in input_shape)
-    return model_input_shape(model, "pass input_shape=(C, H, W), e.g. (3, 64, 64) for a torchvision model")
+    """The (C, H, W) a model's graph is traced with: `input_shape` checked against the model's first conv,
+    else the shape the model declares."""
+    if input_shape is None:
+        return model_input_shape(model, "pass input_shape=(C, H, W), e.g. (3, 64, 64) for a torchvision model")
+    shape = tuple(int(s) for s in input_shape)
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if len(shape) != 3:
+        raise ValueError(f"input_shape must be (channels, height, width) of one example, got {shape}.")
+    if first is not None and shape[0] != first.in_channels:
+        raise ValueError(f"input_shape {shape} has {shape[0]} channel(s) but the model's first conv takes "
+                         f"{first.in_channels}: give input_shape=({first.in_channels}, H, W).")
+    return shape
 
 
 class _Graph:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import pickle
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from . import distributed
 from .config import default_device, seed_everything
 from .data import Loader
 from .metrics import accuracy, keep_freed_memory
+from .results import repair_hint
 
 try:
     from tqdm.auto import tqdm
@@ -195,10 +197,11 @@ class Trainer:
 
     # -- state ---------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        """Everything needed to resume: weights, optimizer, epoch, history."""
+        """Everything needed to resume bit-identically: weights, optimizer, epoch, history and torch's CPU
+        random state (dropout, augmentation)."""
         state = {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "epoch": self.epoch, "step": self.step, "history": self.history.epochs,
+            "epoch": self.epoch, "step": self.step, "history": self.history.epochs, "rng": torch.get_rng_state(),
         }
         if hasattr(self.model, "config"):
             state["config"] = self.model.config()
@@ -213,6 +216,8 @@ class Trainer:
             self.objective.load_state_dict(state["objective"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.history = History(list(state["history"]))
+        if "rng" in state:
+            torch.set_rng_state(state["rng"])
 
     def resume(self) -> bool:
         """Load the checkpoint file if it exists; True when training continues from it.
@@ -221,18 +226,18 @@ class Trainer:
         """
         if self.checkpoint is None or not self.checkpoint.is_file():
             return False
-        fix = "delete it to start afresh, or point `checkpoint` at this run's own file"
+        fix = f"{repair_hint(self.checkpoint)} Or point `checkpoint` at this run's own file."
         try:
             state = torch.load(self.checkpoint, map_location=self.device, weights_only=False)
-        except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
             raise ValueError(f"Cannot resume from {self.checkpoint}: it is not a readable checkpoint "
-                             f"({type(exc).__name__}: {exc}); {fix}.") from exc
+                             f"({type(exc).__name__}: {exc}). {fix}") from exc
         try:
             self.load_state(state)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             detail = exc.args[0] if exc.args else type(exc).__name__
             raise ValueError(f"Cannot resume from {self.checkpoint}: it was written for another model, objective "
-                             f"or optimizer ({detail}); {fix}.") from exc
+                             f"or optimizer ({detail}). {fix}") from exc
         return True
 
     # -- the loop ------------------------------------------------------------------------

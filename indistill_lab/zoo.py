@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from .config import REPO_ROOT, default_device
 from .data import Loader, dataset_info, load_split
 from .metrics import accuracy, evaluate_retrieval
 from .models import build_model, model_from_config
+from .results import repair_hint
 from .train import Trainer, save_checkpoint
 
 ZOO_DIR = REPO_ROOT / "data" / "zoo"
@@ -88,12 +90,13 @@ def save_model(model: nn.Module, path: Path | str) -> str:
     return _sha256(path)
 
 
-def load_file(path: Path | str, device: torch.device | str = "cpu") -> nn.Module:
-    """Rebuild a model saved by `save_model`, in eval mode; ValueError naming the file if it is not one."""
-    fix = "Restore it with git or rebuild it with `python -m indistill_lab zoo build --force`."
+def load_file(path: Path | str, device: torch.device | str = "cpu", kind: str | None = None) -> nn.Module:
+    """Rebuild a model saved by `save_model`, in eval mode; ValueError naming the file if it is not one, with
+    the fix for its `kind` ('zoo', 'cache' or 'checkpoint'; see `results.repair_hint`)."""
+    fix = repair_hint(path, kind)
     try:
         ckpt = torch.load(path, map_location=device, weights_only=False)
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
         if isinstance(exc, FileNotFoundError):
             raise
         raise ValueError(f"{path} cannot be read as a checkpoint ({type(exc).__name__}: {exc}); it is truncated "
@@ -125,7 +128,7 @@ def load(name: str, zoo_dir: Path = ZOO_DIR, device: torch.device | str = "cpu")
     if _sha256(path) != entry["sha256"]:
         raise ValueError(f"{path} does not match the sha256 in the manifest: the file was changed. "
                          "Restore it with git or rebuild the zoo.")
-    return load_file(path, device)
+    return load_file(path, device, "zoo")
 
 
 def evaluate(model: nn.Module, dataset: str = "fashion-mnist", retrieval: bool = True) -> dict[str, float]:
@@ -160,9 +163,9 @@ def build(names: list[str] | None = None, dataset: str = "fashion-mnist", zoo_di
     dataset = dataset_info(dataset).name  # before any folder is created
     zoo_dir = Path(zoo_dir)
     sub = zoo_dir / dataset
+    train_split = load_split(dataset, "train", quick=False)  # a missing dataset stops before any folder is made
     sub.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(zoo_dir)
-    train_split = load_split(dataset, "train", quick=False)
     trained: list[str] = []
     command = "python -m indistill_lab zoo build" + (f" --only {' '.join(names)}" if names != list(RECIPES) else "")
     for name in names:

@@ -22,6 +22,7 @@ from indistill_lab.fashion_mnist import FASHION_FILES, DatasetCorrupt, ensure_fa
 from indistill_lab.losses import PKTLoss
 from indistill_lab.metrics import retrieval_metrics
 from indistill_lab.models import build_model
+from indistill_lab.pruning import prune_to_widths
 from indistill_lab.retrieval import distances
 from indistill_lab.train import Trainer
 
@@ -313,7 +314,22 @@ def test_zoo_truncated_checkpoint_names_the_file(tmp_path):
     _zoo_with(tmp_path, build_model("student"), path.read_bytes()[:300])
     with pytest.raises(ValueError, match="m.pt cannot be read as a checkpoint") as err:
         zoo.load("m", tmp_path)
-    assert "zoo build --force" in str(err.value)
+    assert "git checkout --" in str(err.value) and "do not delete it" in str(err.value)
+
+
+def test_random_bytes_are_named_with_the_fix_for_each_kind_of_file(tmp_path):
+    """A file of random bytes (not a pickle at all) is named with the repair that fits it: a zoo model is
+    restored from git, a cache deleted, a checkpoint deleted to start afresh."""
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(bytes(range(7, 250)) * 4)
+    for kind, words in [("zoo", "git checkout --"), ("cache", "It is a cache: delete it"),
+                        ("checkpoint", "to start that run afresh")]:
+        with pytest.raises(ValueError, match="junk.pt cannot be read as a checkpoint") as err:
+            zoo.load_file(junk, kind=kind)
+        assert words in str(err.value)
+    with pytest.raises(ValueError, match="junk.pt: it is not a readable checkpoint") as err:
+        Trainer(build_model("student"), progress=False, device="cpu", checkpoint=junk).resume()
+    assert "to start that run afresh" in str(err.value)
 
 
 def test_zoo_wrong_architecture_names_the_file(tmp_path):
@@ -425,3 +441,27 @@ def test_fisher_trace_rejects_labels_outside_the_models_classes():
         fisher_trace_loop(model, x, torch.tensor([-1, 1, 2, 3]))
     with pytest.raises(ValueError, match="integer class indices"):
         fisher_trace(model, x, labels=torch.zeros(4))
+
+
+def test_an_input_shape_of_the_wrong_channels_is_named_before_tracing():
+    with pytest.raises(ValueError, match=r"input_shape \(3, 28, 28\) has 3 channel\(s\) but the model's first conv "
+                                         r"takes 1: give input_shape=\(1, H, W\)"):
+        prune_to_widths(build_model("teacher"), [8, 16, 32], input_shape=(3, 28, 28))
+    with pytest.raises(ValueError, match="input_shape must be \\(channels, height, width\\)"):
+        prune_to_widths(build_model("teacher"), [8, 16, 32], input_shape=(28, 28))
+
+
+def test_a_curriculum_file_that_is_not_text_is_named(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_bytes(b"\xff\xfe{}")
+    with pytest.raises(CurriculumError, match="c.json is not a UTF-8 text file"):
+        Curriculum.from_json(path)
+
+
+def test_zoo_build_of_a_missing_dataset_leaves_no_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("INDISTILL_DATA", str(tmp_path / "nodata"))
+    monkeypatch.setattr("torchvision.datasets.CIFAR10.__init__",
+                        lambda *a, **k: (_ for _ in ()).throw(RuntimeError("offline")))
+    with pytest.raises((RuntimeError, FileNotFoundError, ValueError)):
+        zoo.build(["teacher"], "cifar10", zoo_dir=tmp_path / "zoo")
+    assert not (tmp_path / "zoo" / "cifar10").exists()

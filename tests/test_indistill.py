@@ -243,7 +243,7 @@ def test_worker_processes_give_the_rows_of_a_sequential_run(tmp_path):
     strip = lambda rows: sorted(({k: v for k, v in r.items() if k not in timing} for r in rows), key=key)  # noqa: E731
     assert strip(parallel) == strip(sequential) and len(parallel) == 4
     assert any(m.startswith("projection: 4 runs x 7 epochs") for m in logs)
-    with pytest.raises(ValueError, match="seeds must be a non-empty list"):
+    with pytest.raises(ValueError, match="seeds is empty"):
         reproduce(cfg, seeds=[], results_dir=tmp_path, log=lambda m: None)
     with pytest.raises(ValueError, match="workers must be >= 1"):
         reproduce(cfg, seeds=[0], workers=0, results_dir=tmp_path, log=lambda m: None)

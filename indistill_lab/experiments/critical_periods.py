@@ -25,7 +25,9 @@ import torch
 from ..config import REPO_ROOT
 from ..critical_periods import PROTOCOLS, CriticalPeriod, critical_period, deficit_run
 from ..data import Split, load_split
+from ..errors import cli, positive, seeds_from
 from ..report import markdown_table
+from ..results import check_writable, results_dir, write_report
 from ..viz.critical_periods import Curves, results_png
 from .tables import append_result, mean_std, read_results
 
@@ -103,10 +105,15 @@ class Grid:
         return list(dict.fromkeys(out))
 
 
-def run_grid(setup: Setup, grid: Grid, seeds: Sequence[int], path: Path = CSV, log: Any = print) -> None:
-    """Train every (condition, seed) whose rows are not in `path` yet, appending its rows when it ends."""
+def run_grid(setup: Setup, grid: Grid, seeds: Sequence[int], path: Path = CSV, log: Any = print,
+             update: bool = False) -> None:
+    """Train every (condition, seed) whose rows are not in `path` yet, appending its rows when it ends (a
+    committed `path` only with `update`)."""
     torch.set_num_threads(1)
     done = {tuple(r[k] for k in KEY) for r in read_results(path)}
+    if any((setup.digest(), c.protocol, c.deficit_start, c.deficit_epochs, c.total_epochs, s) not in done
+           for s in seeds for c in grid.conditions()):
+        check_writable(path, update)
     train, test, probe = setup.data()
     for seed in seeds:
         for c in grid.conditions():
@@ -118,7 +125,7 @@ def run_grid(setup: Setup, grid: Grid, seeds: Sequence[int], path: Path = CSV, l
                                setup.epoch_size, setup.model, setup.factor, seed)
             seconds = round(time.perf_counter() - start, 1)
             for row in rows:
-                append_result(path, {**dict(zip(KEY, key)), **row, "run_seconds": seconds}, COLUMNS)
+                append_result(path, {**dict(zip(KEY, key)), **row, "run_seconds": seconds}, COLUMNS, update)
             log(f"{c} seed {seed}: final clean accuracy {rows[-1]['val_acc']:.4f} ({seconds:.0f} s)")
 
 
@@ -271,11 +278,12 @@ def summary_markdown(results: Results, command: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Run the missing runs of the grid, then write the markdown summary and the PNG beside the CSV."""
+    """Run the missing runs of the grid, then write the markdown summary and the PNG beside the CSV (a
+    committed CSV and its report change only with --update)."""
     d = Grid()
     p = argparse.ArgumentParser(prog="python -m indistill_lab.experiments.critical_periods", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int, default=3, help="seeds 0..n-1 (default 3)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[3], help="a count (3: seeds 0 1 2) or several seeds")
     p.add_argument("--train-size", type=int, default=Setup.train_size)
     p.add_argument("--test-size", type=int, default=Setup.test_size)
     p.add_argument("--epoch-size", type=int, default=Setup.epoch_size, help="images per epoch")
@@ -286,16 +294,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--deficit-protocols", nargs="+", default=list(d.deficit_protocols), choices=list(PROTOCOLS))
     p.add_argument("--fisher-protocols", nargs="*", default=list(d.fisher_protocols), choices=list(PROTOCOLS),
                    help="protocols that get a clean run only (Fisher comparison)")
-    p.add_argument("--csv", type=Path, default=CSV)
+    p.add_argument("--csv", type=Path, help="the table (default: critical-periods.csv in results/, results/quick/ in "
+                   "quick mode, or $INDISTILL_OUT)")
+    p.add_argument("--update", action="store_true", help="allow adding to a committed (git-tracked) table")
     args = p.parse_args(argv)
+    seeds = seeds_from(args.seeds)
+    for flag in ("train_size", "test_size", "epoch_size", "window"):
+        positive("--" + flag.replace("_", "-"), getattr(args, flag))
+    positive("--clean-epochs", args.clean_epochs, 0)
+    args.csv = args.csv or results_dir() / CSV.name
     setup = Setup(train_size=args.train_size, test_size=args.test_size, epoch_size=args.epoch_size)
     grid = Grid(args.clean_epochs, tuple(args.deficits), args.window, tuple(args.onsets),
                 tuple(args.deficit_protocols), tuple(args.fisher_protocols))
-    run_grid(setup, grid, range(args.seeds), args.csv)
+    run_grid(setup, grid, seeds, args.csv, update=args.update)
     results = Results(setup, grid, args.csv)
     command = " ".join(["python -m indistill_lab.experiments.critical_periods",
                         *(sys.argv[1:] if argv is None else argv)])
-    args.csv.with_suffix(".md").write_text(summary_markdown(results, command))
+    if not write_report(args.csv.with_suffix(".md"), summary_markdown(results, command), args.update):
+        return
     results_png(args.csv.with_suffix(".png"), results.fisher("total"),
                 {p: results.first_n_changes(p) for p in grid.deficit_protocols},
                 {p: results.window_changes(p) for p in grid.deficit_protocols}, setup.epoch_size,
@@ -303,4 +319,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

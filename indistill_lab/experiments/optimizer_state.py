@@ -8,12 +8,14 @@ sqrt(v) / |g|. `adam_state_at_switch` measures that ratio per layer at the first
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
+from ..errors import cli
 from ..methods import Context, get_method
 from ..pipeline import Prepared, RunConfig, build
+from ..results import check_writable
 from ..train import Callback, Trainer
 
 
@@ -54,15 +56,23 @@ def adam_state_at_switch(prep: Prepared, cfg: RunConfig, method: str = "indistil
     return probe.rows
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     """`python -m indistill_lab.experiments.optimizer_state`: the measurement at the CPU table's budget
-    (full Fashion-MNIST, seed 0), written to results/optimizer-state.md."""
+    (full Fashion-MNIST, seed 0), written to optimizer-state.md in results/ (the committed file only with
+    --update; results/quick/ in quick mode)."""
+    import argparse
     from dataclasses import replace
 
-    from ..config import REPO_ROOT
     from ..pipeline import prepare
     from ..report import markdown_table
+    from ..results import results_dir, write_report
 
+    parser = argparse.ArgumentParser(prog="python -m indistill_lab.experiments.optimizer_state",
+                                     description=main.__doc__)
+    parser.add_argument("--update", action="store_true", help="allow rewriting the committed report")
+    update = parser.parse_args(argv).update
+    path = results_dir() / "optimizer-state.md"
+    check_writable(path, update)
     cfg = RunConfig()
     prep = prepare(cfg)
     lines = ["# Adam's memory at InDistill's switch to PKT", "",
@@ -76,8 +86,8 @@ def main() -> None:
         lines += [f"## optimizer_state = {policy!r}", "",
                   markdown_table([{k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in r.items()}
                                   for r in rows]), ""]
-    (REPO_ROOT / "results" / "optimizer-state.md").write_text("\n".join(lines))
+    write_report(path, "\n".join(lines), update)
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

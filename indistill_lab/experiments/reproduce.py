@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
@@ -21,11 +22,12 @@ import torch
 from torch import nn
 
 from .. import zoo
-from ..config import REPO_ROOT, quick_mode
+from ..config import quick_mode
 from ..methods import check_names, method_names
 from ..data import load_split
 from ..models import model_input_shape
 from ..pipeline import RunConfig, build
+from ..results import check_unique, check_writable, results_dir as default_results_dir
 from .ray_runs import ray_runs
 from .runs import Session
 from .tables import append_result, read_results, write_report
@@ -36,14 +38,15 @@ _WORKER: Session | None = None
 
 def _worker_init(cfg: RunConfig | None, methods: Sequence[str]) -> None:
     global _WORKER
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: no traceback per worker
     torch.set_num_threads(1)
     if cfg is not None:
         _WORKER = Session(cfg, methods, log=lambda m: print(f"[worker {os.getpid()}] {m}", flush=True))
 
 
-def _worker_run(method: str, seed: int) -> tuple[dict[str, Any], nn.Module]:
+def _worker_run(method: str, seed: int, checkpoint: Path | None) -> tuple[dict[str, Any], nn.Module]:
     assert _WORKER is not None, "_worker_init did not run"
-    return _WORKER.run(method, seed)
+    return _WORKER.run(method, seed, checkpoint)
 
 
 def _pool(cfg: RunConfig, methods: Sequence[str], workers: int, log: Callable[[str], None]) -> ProcessPoolExecutor:
@@ -120,9 +123,9 @@ def results_name(cfg: RunConfig) -> str:
 
 
 def reproduce(cfg: RunConfig, seeds: Sequence[int] = (0, 1, 2), methods: Sequence[str] | None = None,
-              results_dir: Path | str = REPO_ROOT / "results", name: str | None = None, workers: int = 1,
+              results_dir: Path | str | None = None, name: str | None = None, workers: int = 1,
               save_students: bool = True, log: Callable[[str], None] = print,
-              ray_address: str | None = None) -> list[dict[str, Any]]:
+              ray_address: str | None = None, update: bool = False) -> list[dict[str, Any]]:
     """Every method for every seed (seed-major, so a partial run still compares all methods), one CSV row
     per finished run; rows already present for this config are skipped. Then the table and the plot.
 
@@ -131,23 +134,27 @@ def reproduce(cfg: RunConfig, seeds: Sequence[int] = (0, 1, 2), methods: Sequenc
 
     With `save_students`, seed 0's InDistill (paper curriculum) student of the default configuration
     is recorded in the zoo as 'student-indistill' (notebook 07's retrieval comparison).
+
+    `results_dir` defaults to `results.results_dir()` (the repository's results/, results/quick/ in quick
+    mode, or $INDISTILL_OUT). A committed (git-tracked) table is extended only with `update=True`.
     """
-    methods = check_names(methods or method_names())
-    seeds = list(seeds)
-    if not seeds or min(seeds) < 0:
-        raise ValueError(f"seeds must be a non-empty list of non-negative ints, got {seeds}; e.g. --seeds 3 "
-                         "runs seeds 0, 1, 2.")
+    methods = check_names(check_unique(method_names() if methods is None else methods, "methods"))
+    seeds = check_unique(seeds, "seeds")
+    if min(seeds) < 0:
+        raise ValueError(f"seeds must be non-negative ints, got {seeds}; e.g. --seeds 3 runs seeds 0, 1, 2.")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}.")
     if workers > 1 and ray_address is not None:
         raise ValueError("choose worker processes (workers > 1) or Ray (ray_address), not both: Ray already "
                          "runs one task per CPU of its cluster.")
-    results_dir = Path(results_dir)
+    results_dir = default_results_dir(results_dir)
     name = name or results_name(cfg)
     csv_path = results_dir / f"{name}.csv"
     finished_rows = [r for r in read_results(csv_path) if r["config"] == cfg.digest()]
     done = {(r["method"], r["seed"]) for r in finished_rows}
     todo = [(m, s) for s in seeds for m in methods if (m, s) not in done]
+    if todo:
+        check_writable(csv_path, update)
     log(f"config {cfg.digest()}: {len(done)} runs already in {csv_path}, {len(todo)} to do"
         + (f" on {workers} worker processes" if workers > 1 and todo else "")
         + (f" as Ray tasks ({ray_address})" if ray_address is not None and todo else ""))
@@ -157,8 +164,15 @@ def reproduce(cfg: RunConfig, seeds: Sequence[int] = (0, 1, 2), methods: Sequenc
         if finished_rows:
             log(measured_projection(finished_rows, todo, workers))
 
+    checkpoints = results_dir / "checkpoints" / f"{name}-{cfg.digest()}"
+
+    def checkpoint(method: str, seed: int) -> Path:
+        """Each run's last finished epoch, so a killed table resumes inside its runs (deleted once the row is in)."""
+        return checkpoints / f"{method}-{seed}.pt"
+
     def finished(row: dict[str, Any], student: nn.Module, count: int) -> None:
-        append_result(csv_path, row)
+        append_result(csv_path, row, update=update)
+        checkpoint(row["method"], row["seed"]).unlink(missing_ok=True)
         log(f"[{count}/{len(todo)}] {row['method']} seed {row['seed']}: mAP e/c {row['map_e']}/{row['map_c']}, "
             f"acc {row['accuracy']} ({row['accuracy_from']}), train {row['train_seconds']} s, "
             f"eval {row['eval_seconds']} s")
@@ -171,18 +185,24 @@ def reproduce(cfg: RunConfig, seeds: Sequence[int] = (0, 1, 2), methods: Sequenc
     elif workers == 1:
         session = Session(cfg, methods, log)
         for i, (method, seed) in enumerate(todo, 1):
-            finished(*session.run(method, seed), i)
+            finished(*session.run(method, seed, checkpoint(method, seed)), i)
     elif todo:
         global _WORKER
         try:
             with _pool(cfg, methods, workers, log) as pool:
-                futures = [pool.submit(_worker_run, m, s) for m, s in todo]
-                for i, future in enumerate(as_completed(futures), 1):
-                    finished(*future.result(), i)
+                futures = [pool.submit(_worker_run, m, s, checkpoint(m, s)) for m, s in todo]
+                try:
+                    for i, future in enumerate(as_completed(futures), 1):
+                        finished(*future.result(), i)
+                except KeyboardInterrupt:  # stop the workers now; their runs resume from their checkpoints
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    for child in multiprocessing.active_children():
+                        child.terminate()
+                    raise
         finally:
             _WORKER = None  # the parent's copy of the shared stages and cache is freed
     rows = [r for r in read_results(csv_path) if r["config"] == cfg.digest()]
-    write_report(rows, cfg, results_dir / f"{name}.md", results_dir / f"{name}.png")
+    write_report(rows, cfg, results_dir / f"{name}.md", results_dir / f"{name}.png", update)
     return rows
 
 

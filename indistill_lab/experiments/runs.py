@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from torch import nn
@@ -15,15 +16,16 @@ from ..pipeline import Prepared, RunConfig, make_loader, prepare
 
 
 def run_method(method: str | Method, prep: Prepared, cfg: RunConfig, seed: int, cache: FeatureCache | None = None,
-               progress: bool = False) -> tuple[dict[str, Any], nn.Module]:
+               progress: bool = False, checkpoint: Path | None = None) -> tuple[dict[str, Any], nn.Module]:
     """Train and evaluate one (method, seed); returns the result row and the student. `method` is a
-    registered name or a `Method` instance (an experiment's variant, named by its `name`)."""
+    registered name or a `Method` instance (an experiment's variant, named by its `name`). With
+    `checkpoint`, training keeps its last finished epoch there and resumes from it (see `Trainer.resume`)."""
     start = time.perf_counter()
     loader = make_loader(cfg, prep.train, seed)
     if cache is not None:
         cache.loader = loader  # tables are per example, so they serve every seed's batch order
     recipe = method if isinstance(method, Method) else get_method(method)
-    trained = recipe.train(Context(cfg, prep.train, prep.sources, loader, cache), seed, progress=progress)
+    trained = recipe.train(Context(cfg, prep.train, prep.sources, loader, cache, checkpoint), seed, progress=progress)
     mid = time.perf_counter()
     row = evaluate_student(trained.student, prep.train, prep.test, trained.trains_head)
     done = time.perf_counter()
@@ -69,7 +71,8 @@ class Session:
             self.log(f"feature cache: {len(self.cache.tables)} tables, {self.cache.nbytes / 2**20:.0f} MiB, "
                      f"{time.perf_counter() - t0:.0f} s")
 
-    def run(self, method: str, seed: int) -> tuple[dict[str, Any], nn.Module]:
+    def run(self, method: str, seed: int, checkpoint: Path | None = None) -> tuple[dict[str, Any], nn.Module]:
+        """One (method, seed) with this session's stages and cache (resuming from `checkpoint` if it exists)."""
         self.build()
         assert self.prep is not None
-        return run_method(method, self.prep, self.cfg, seed, self.cache)
+        return run_method(method, self.prep, self.cfg, seed, self.cache, checkpoint=checkpoint)

@@ -2,7 +2,6 @@
 over seeds), its markdown and PNG, and rows gathered across files."""
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import asdict
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any, Mapping, Sequence
 from ..config import REPO_ROOT
 from ..methods import describe, method_names
 from ..pipeline import RunConfig
+from ..results import append_row, read_rows, write_report as write_text_report
 
 
 RESULT_COLUMNS = ["method", "seed", "config", "epochs", "epoch_size", "a", "optimizer_state", "accuracy",
@@ -18,45 +18,24 @@ RESULT_COLUMNS = ["method", "seed", "config", "epochs", "epoch_size", "a", "opti
                   "train_seconds", "eval_seconds", "wall_seconds", "phases"]
 
 
+RESULT_TYPES = {"method": str, "seed": int, "config": str, "epochs": int, "epoch_size": int, "a": int,
+                "optimizer_state": str, "accuracy_from": str, "phases": str,
+                **{c: float for c in ("accuracy", "map_e", "map_c", "map_std_e", "map_std_c", "top100_e",
+                                      "top100_c", "train_seconds", "eval_seconds", "wall_seconds")}}
+"""How each column reads back: the config digest stays a string even when it is all decimal digits."""
+
+
 def read_results(path: Path | str) -> list[dict[str, Any]]:
-    """Rows of a results CSV, numbers parsed (empty list when the file does not exist)."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    rows = []
-    with path.open() as f:
-        for row in csv.DictReader(f):
-            rows.append({k: _parse(v) for k, v in row.items()})
-    return rows
+    """Rows of a results CSV, typed (see `results.read_rows`; empty list when the file does not exist)."""
+    return read_rows(path, types=RESULT_TYPES)
 
 
-def _parse(value: str) -> Any:
-    try:
-        number = float(value)
-    except ValueError:
-        return value
-    return int(number) if number.is_integer() and "." not in value else number
-
-
-def append_result(path: Path | str, row: Mapping[str, Any], columns: Sequence[str] = RESULT_COLUMNS) -> None:
+def append_result(path: Path | str, row: Mapping[str, Any], columns: Sequence[str] = RESULT_COLUMNS,
+                  update: bool = False) -> None:
     """Append one run's row (header written with the first row), flushed so a killed run loses nothing.
-    `columns` are the file's (a results table's by default; an experiment's own CSV names its own)."""
-    columns = list(columns)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.is_file()
-    if not new:
-        with path.open() as f:
-            header = f.readline().strip().split(",")
-        if header != columns:
-            raise ValueError(f"{path} has the columns {header}, not this kit's {columns}: it was written by "
-                             "an older version. Move it aside (its rows stay valid for their own configuration) "
-                             "or pass another `name`.")
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        if new:
-            writer.writeheader()
-        writer.writerow({k: row.get(k, "") for k in columns})
+    `columns` are the file's (a results table's by default; an experiment's own CSV names its own); a
+    committed file is only extended with `update` (see `results.append_row`)."""
+    append_row(path, columns, row, update)
 
 
 SUMMARY_COLUMNS = [("mAP (e)", "map_e"), ("mAP (c)", "map_c"), ("top-100 (e)", "top100_e"),
@@ -103,8 +82,10 @@ def markdown_summary(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_report(rows: Sequence[Mapping[str, Any]], cfg: RunConfig, md_path: Path, png_path: Path) -> None:
-    """Write the markdown table (with the configuration and method descriptions) and the PNG plot."""
+def write_report(rows: Sequence[Mapping[str, Any]], cfg: RunConfig, md_path: Path, png_path: Path,
+                 update: bool = False) -> None:
+    """Write the markdown table (with the configuration and method descriptions) and the PNG plot; a committed
+    report is rewritten only with `update` (and only when its table changed)."""
     if not rows:
         return
     from ..viz.results import results_png
@@ -118,7 +99,8 @@ def write_report(rows: Sequence[Mapping[str, Any]], cfg: RunConfig, md_path: Pat
             markdown_summary(rows), "",
             "Configuration: " + ", ".join(f"{k}={v}" for k, v in asdict(cfg).items()), "",
             "Methods:", *[f"- `{m}`: {d}" for m, d in describe().items() if any(r["method"] == m for r in rows)], ""]
-    md_path.write_text("\n".join(text))
+    if not write_text_report(md_path, "\n".join(text), update):
+        return
     results_png(summarise(rows), png_path, title=f"{cfg.dataset}: retrieval mAP by method (mean ± std over seeds)")
 
 

@@ -22,10 +22,12 @@ from torch import nn
 
 from ..config import REPO_ROOT, quick_mode
 from ..curriculum import Curriculum, Phase
+from ..errors import UsageError, cli, positive, seeds_from
 from ..methods import Context, get_method
 from ..methods.indistill import InDistillPaper
 from ..pipeline import Prepared, RunConfig, auxiliary_pkt, load_data, load_teacher, prune_auxiliary
 from ..report import markdown_table
+from ..results import check_writable, write_report
 from ..sources import Sources
 from ..viz.critical_periods import warmup_onset_png
 from .runs import run_method, shared_cache
@@ -88,9 +90,11 @@ def with_recovery(cfg: RunConfig, onset: int) -> RunConfig:
     return replace(cfg, epochs=cfg.epochs + onset, lr_drop_epoch=cfg.lr_drop_epoch + onset)
 
 
-def run(cfg: RunConfig, onsets: Sequence[int], seeds: Sequence[int], path: Path = CSV, log: Any = print) -> None:
+def run(cfg: RunConfig, onsets: Sequence[int], seeds: Sequence[int], path: Path = CSV, log: Any = print,
+        update: bool = False) -> None:
     """Train every (configuration, variant, seed) not yet in `path`: PKT alone and the warm-up at each onset
-    (every run `cfg.epochs` long), then each later onset again `with_recovery`."""
+    (every run `cfg.epochs` long), then each later onset again `with_recovery` (a committed `path` is
+    extended only with `update`)."""
     if quick_mode():
         raise RuntimeError("The warm-up-onset experiment uses its own data sizes; run it without INDISTILL_QUICK.")
     torch.set_num_threads(1)
@@ -101,11 +105,12 @@ def run(cfg: RunConfig, onsets: Sequence[int], seeds: Sequence[int], path: Path 
             if (c.digest(quick=False), v if isinstance(v, str) else v.name, s) not in done]
     if not todo:
         return
+    check_writable(path, update)
     prep = prepare_small(cfg)  # the configurations differ only in length: one set of stages and targets
     cache = shared_cache(prep, cfg, ["indistill-paper", "pkt"])
     for run_cfg, variant, seed in todo:
         row, _ = run_method(variant, prep, run_cfg, seed, cache)
-        append_result(path, row)
+        append_result(path, row, update=update)
         log(f"{row['method']} ({run_cfg.epochs} epochs) seed {seed}: mAP(e) {row['map_e']:.2f}, "
             f"mAP(c) {row['map_c']:.2f} ({row['wall_seconds']:.0f} s)")
 
@@ -193,21 +198,31 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Run the missing rows, then write the markdown summary beside the CSV."""
     p = argparse.ArgumentParser(prog="python -m indistill_lab.experiments.warmup_onset", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int, default=3, help="seeds 0..n-1 (default 3)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[3], help="a count (3: seeds 0 1 2) or several seeds")
     p.add_argument("--onsets", type=int, nargs="+", default=[0, 3, 6], help="epochs of PKT before the warm-up")
     p.add_argument("--epochs", type=int, default=16)
     p.add_argument("--epoch-size", type=int, default=5_000, help="images per epoch")
     p.add_argument("--train-size", type=int, default=10_000)
     p.add_argument("--test-size", type=int, default=2_000)
     p.add_argument("--a", type=int, default=0, help="layer k is distilled for a + k epochs")
-    p.add_argument("--csv", type=Path, default=CSV)
+    p.add_argument("--csv", type=Path, default=CSV, help="the table (default: results/warmup-onset.csv)")
+    p.add_argument("--update", action="store_true", help="allow adding to a committed (git-tracked) table")
     args = p.parse_args(argv)
+    seeds = seeds_from(args.seeds)
+    for flag in ("epochs", "epoch_size", "train_size", "test_size"):
+        positive("--" + flag.replace("_", "-"), getattr(args, flag))
+    positive("--a", args.a, 0)
+    if min(args.onsets) < 0:
+        raise UsageError(f"--onsets must be >= 0 (epochs of PKT before the warm-up), got {args.onsets}.")
+    if quick_mode():
+        raise UsageError("The warm-up-onset experiment uses its own data sizes; run it without INDISTILL_QUICK.")
     cfg = config(args.epochs, args.epoch_size, args.train_size, args.test_size, args.a)
     get_method("pkt")  # the control must exist before anything trains
-    run(cfg, args.onsets, range(args.seeds), args.csv)
+    run(cfg, args.onsets, seeds, args.csv, update=args.update)
     given = list(sys.argv[1:] if argv is None else argv)
     rows = read_results(args.csv)
-    args.csv.with_suffix(".md").write_text(summary_markdown(rows, cfg, args.onsets, given))
+    if not write_report(args.csv.with_suffix(".md"), summary_markdown(rows, cfg, args.onsets, given), args.update):
+        return
     onsets, control = per_onset(rows, cfg)
     warmup_onset_png(args.csv.with_suffix(".png"), onsets, control, cfg.epoch_size, recovery(rows, cfg, args.onsets),
                      title=f"student, {cfg.train_size:,} Fashion-MNIST images, {cfg.epochs} x {cfg.epoch_size:,} "
@@ -215,4 +230,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -17,6 +17,7 @@ when the package is, so its `@register` runs and the CLI, `reproduce` and the no
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Iterable
 
 import torch
@@ -43,6 +44,8 @@ class Context:
     sources: Sources | None = None
     loader: IndexedLoader | None = None
     cache: FeatureCache | None = None
+    checkpoint: Path | None = None
+    """Where the Trainer keeps the run's last finished epoch, so a killed run resumes there (None: nowhere)."""
 
     def loader_for(self, seed: int) -> IndexedLoader:
         """The shared loader when one was given, else the configuration's loader for `seed`."""
@@ -108,7 +111,9 @@ class Method:
             objective = CurriculumObjective(curriculum, sources, student, example=ctx.train.x[:4],
                                             teacher_features=targets(ctx.cfg, sources, loader, ctx.cache))
         trainer = Trainer(student, objective, lr=ctx.cfg.lr, lr_schedule=ctx.cfg.lr_schedule, seed=seed,
-                          callbacks=callbacks, progress=progress, optimizer_state=ctx.cfg.optimizer_state)
+                          callbacks=callbacks, progress=progress, optimizer_state=ctx.cfg.optimizer_state,
+                          checkpoint=ctx.checkpoint)
+        trainer.resume()
         trainer.fit(loader, ctx.cfg.epochs if epochs is None else epochs)
         if trainer.history.stopped:
             raise RuntimeError(f"{self.name}: training stopped ({trainer.history.stopped}).")
