@@ -3,6 +3,8 @@ estimator by hand, shared weights, the hierarchical score gradient, export equal
 model, both phases end to end, and the clear errors for bad input."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torchvision
@@ -359,3 +361,46 @@ def test_cosine_lr_decays_per_step_and_agrees_at_epoch_starts():
     assert cos.epoch_starts(25, 4) == {e: cos.at(25 * e) for e in range(4)}
     with pytest.raises(ValueError, match="total_steps >= 1"):
         CosineLR(0.1, 0)
+
+
+# -- the table driver (quick protocol, into tmp_path) --------------------------------------------------------
+
+def test_first_versions_students_invaded_their_assistants_pruned_filters():
+    from indistill_lab.experiments.cascade import old_runs
+
+    runs = old_runs(0.8, 1)
+    assert [r["seed"] for r in runs] == [0, 1, 2]
+    assert all(r["overlap"][0] == 1.0 for r in runs)  # the relative-L1 start nests
+    assert all(r["overlap"][-1] <= 1 / 19 for r in runs)  # at the end at most 1 of 19 is the TA's
+
+
+def test_table_driver_runs_resumes_and_reports(tmp_path):
+    from indistill_lab.experiments import cascade as exp
+
+    argv = ["run", "--seeds", "1", "--arms", "prune-kd", "cascade-1ta", "--out", str(tmp_path)]
+    exp.main(argv)
+    table = exp.table(exp.Protocol.default(), folder=tmp_path)
+    rows = table.rows()
+    assert [(r["arm"], r["seed"]) for r in rows] == [("prune-kd", 0), ("cascade-1ta", 0)]
+    for r in rows:
+        assert len(r["widths"]) == 5 and sum(r["widths"]) == 208 - round(0.8 * 208)
+        assert 0 < r["accuracy"] <= 100 and 0 < r["macs"] and r["layers_at_floor"] >= 0
+    assert rows[0]["overlap"] is None and rows[1]["overlap"] == 1.0  # nested masks
+    story = json.loads((exp.stories_dir(table) / "cascade-1ta-0.json").read_text())
+    assert len(story["overlap"]) == len(story["snapshots"]) and story["row"]["params"] == rows[1]["params"]
+    md = table.path.with_suffix(".md").read_text()
+    assert "| cascade-1ta − prune-kd | s0: " in md and table.path.with_suffix(".png").is_file()
+    exp.main(argv)  # resumes: nothing left to do, no duplicate rows
+    assert len(table.rows()) == 2
+
+
+@pytest.mark.parametrize("argv, flag", [(["run", "--arms", "nope"], "--arms"), (["run", "--workers", "0"], "--workers"),
+                                        (["pilot", "--joint-epochs", "0"], "--joint-epochs"),
+                                        (["run", "--seeds", "0"], "--seeds")])
+def test_table_driver_names_the_bad_flag(argv, flag, tmp_path):
+    from indistill_lab.errors import UsageError
+    from indistill_lab.experiments import cascade as exp
+
+    with pytest.raises(UsageError, match=flag):
+        exp.main([*argv, "--out", str(tmp_path)])
+    assert not list(tmp_path.iterdir())
