@@ -178,8 +178,11 @@ def _run_and_store(arm: str, seed: int, protocol: Protocol, folder: str) -> dict
 
 
 def run(protocol: Protocol, arms: Sequence[str], seeds: Sequence[int], workers: int, results: ResultsTable) -> None:
-    """Make the missing (arm, seed) rows, seed by seed, on `workers` processes; each row is added as it ends."""
-    todo = results.todo([(a, s) for s in seeds for a in arms])
+    """Make the missing (arm, seed) rows on `workers` processes, each added as it ends: the default arms seed
+    by seed first (so a table cut short is paired), then any extra arm (the legacy masks) seed by seed."""
+    extra = [a for a in arms if a not in DEFAULT_ARMS]
+    todo = results.todo([(a, s) for group in ([a for a in arms if a not in extra], extra) for s in seeds
+                         for a in group])
     print(f"{results.path}: {len(todo)} run(s) to do on {workers} worker(s)", flush=True)
     folder = str(stories_dir(results))
 
