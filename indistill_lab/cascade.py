@@ -3,8 +3,18 @@
 One pretrained network; models T0 (the student) .. T(N-1) (unpruned) share its conv weights W. Each model
 has its own per-filter scores, its own BN layers and its own head (every non-conv parameter). Model i's
 mask keeps the filters whose scores pass one *global* threshold, so exactly a fraction k_i of the masked
-filters is pruned; the first conv is never masked. Scores learn through a straight-through estimator, and
-model i's scores are updated with the gradient of its teacher's (model i+1's) loss.
+filters is pruned; the first conv is never masked. Model i's scores are updated with the gradient of its
+teacher's (model i+1's) loss.
+
+How a score learns is the reconstruction's main choice (docs/cascade.md, "mask learning"):
+
+- `gate="saliency"` (default): each score tracks its filter's saliency for the teacher: the per-example
+  first-order loss change of removing the filter, squared and averaged (a Fisher estimate of the loss
+  increase), relative to the layer's mean. Per-example squares do not cancel once BN has settled, unlike
+  their batch sum. With `normalise` scores are divided by their layer's mean before the global threshold,
+  and with `nested` a model may keep only filters its teacher keeps.
+- `gate="bn-output"` (`LEGACY`, the kit's first version): edge-popup's signed straight-through gradient
+  sum(dL/dY * Y) on BN's output, raw scores, no nesting.
 
     cascade = Cascade(pretrained, cascade_levels(0.6, assistants=1))   # levels [0.6, 0.3, 0.0]
     logits = cascade(x)                                                # one tensor per model
@@ -62,21 +72,39 @@ def check_levels(levels: Sequence[float]) -> None:
         raise ValueError(f"The last model is the unpruned one: its level must be 0, got {levels[-1]}.")
 
 
-def global_mask(scores: torch.Tensor, sizes: Sequence[int], level: float) -> torch.Tensor:
+def global_mask(scores: torch.Tensor, sizes: Sequence[int], level: float, normalise: bool = False,
+                allowed: torch.Tensor | None = None) -> torch.Tensor:
     """0/1 mask over the concatenated filters of all layers: exactly round(level * total) zeros.
 
     One global threshold on the scores, except that each layer keeps at least its best filter (a layer
-    with no filter would cut the network).
+    with no filter would cut the network). `normalise` first divides each layer's scores by their mean
+    absolute value (over its allowed filters), so a layer whose scores are on a smaller scale is not
+    emptied; `allowed` (0/1) restricts the kept filters to a subset, e.g. the teacher's kept filters.
 
         >>> global_mask(torch.tensor([0.1, 0.9, 0.5, 0.2, 0.3]), [2, 3], 0.6).tolist()
         [0.0, 1.0, 1.0, 0.0, 0.0]
+        >>> global_mask(torch.tensor([0.1, 0.9, 0.5, 0.2, 0.3]), [2, 3], 0.6, normalise=True).tolist()
+        [0.0, 1.0, 1.0, 0.0, 0.0]
+        >>> global_mask(torch.tensor([1.0, 2.0, 30.0, 20.0, 10.0]), [2, 3], 0.2).tolist()
+        [0.0, 1.0, 1.0, 1.0, 1.0]
+        >>> global_mask(torch.tensor([1.0, 2.0, 30.0, 20.0, 10.0]), [2, 3], 0.2, normalise=True).tolist()
+        [1.0, 1.0, 1.0, 1.0, 0.0]
     """
     total = sum(sizes)
     keep = total - round(level * total)
     if keep < len(sizes):
         raise ValueError(f"Level {level} keeps {keep} of {total} filters, fewer than the {len(sizes)} masked "
                          "layers (each needs one): use a lower level.")
-    scores = scores.detach()
+    scores = scores.detach().float()
+    ok = torch.ones(total, dtype=torch.bool, device=scores.device) if allowed is None else allowed.bool()
+    if int(ok.sum()) < keep or any(not c.any() for c in ok.split(list(sizes))):
+        raise ValueError(f"Level {level} keeps {keep} filters but only {int(ok.sum())} are allowed (or a layer has "
+                         "none): the allowed set must come from a less pruned model.")
+    if normalise:
+        scale = torch.cat([(c.abs() * a).sum().div(a.sum()).clamp_min(1e-12).expand(len(c))
+                           for c, a in zip(scores.split(list(sizes)), ok.float().split(list(sizes)))])
+        scores = scores / scale
+    scores = scores.masked_fill(~ok, float("-inf"))
     mask = torch.zeros(total, device=scores.device)
     best = torch.stack([chunk.argmax() + start for chunk, start in
                         zip(scores.split(list(sizes)), torch.tensor([0, *sizes[:-1]]).cumsum(0))])
@@ -84,6 +112,59 @@ def global_mask(scores: torch.Tensor, sizes: Sequence[int], level: float) -> tor
     rest = scores.masked_fill(mask.bool(), float("-inf"))
     mask[rest.topk(keep - len(sizes)).indices] = 1.0
     return mask
+
+
+def kept_overlap(inner: torch.Tensor, outer: torch.Tensor) -> float:
+    """Fraction of the filters `inner` keeps (a student's 0/1 mask) that `outer` (its teacher's) keeps too:
+    1.0 when the masks nest.
+
+        >>> kept_overlap(torch.tensor([1., 1., 0., 1.]), torch.tensor([1., 0., 1., 1.]))
+        0.6666666666666666
+    """
+    inner, outer = inner.bool(), outer.bool()
+    if inner.shape != outer.shape or not inner.any():
+        raise ValueError(f"Masks must have one shape and the inner one keep a filter; got {tuple(inner.shape)} "
+                         f"and {tuple(outer.shape)} with {int(inner.sum())} kept.")
+    return int((inner & outer).sum()) / int(inner.sum())
+
+
+def layers_at_floor(mask: torch.Tensor, sizes: Sequence[int]) -> int:
+    """How many layers a flat mask leaves at their floor of one filter (a collapsed layer)."""
+    return sum(int(c.sum()) == 1 for c in mask.split(list(sizes)))
+
+
+def filter_saliency(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Per filter, (1/2) * mean over examples of (first-order change of example i's loss when the filter's
+    output `out` is removed)^2: a Fisher estimate of the loss increase (Theis et al. 2018).
+
+    `grad` is dL/d out of the batch-mean loss, so example i's own change is B * sum_hw grad_i * out_i. The
+    batch *sum* of these changes is what a signed straight-through gradient sees, and it is about 0 for a
+    kept filter once BN's scale has settled (it equals gamma * dL/dgamma + beta * dL/dbeta); the squares
+    are not.
+    """
+    per_example = (grad * out).flatten(2).sum(2) * grad.shape[0]
+    return 0.5 * per_example.pow(2).mean(0)
+
+
+class SaliencyMask(torch.autograd.Function):
+    """Y = pre * m (a hard 0/1 mask per channel, the reading model's); the score's gradient is
+    (score - relative saliency) on the channels the mask keeps, 0 elsewhere, so SGD moves each kept filter's
+    score toward its saliency over the layer's mean (`filter_saliency`)."""
+
+    @staticmethod
+    def forward(ctx: Any, pre: torch.Tensor, mask: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+        shape = [1, -1] + [1] * (pre.dim() - 2)
+        y = pre * mask.view(shape)
+        ctx.save_for_backward(y, mask, score)
+        ctx.shape = shape
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, torch.Tensor]:
+        y, mask, score = ctx.saved_tensors
+        sal = filter_saliency(grad, y)
+        relative = sal / ((sal * mask).sum() / mask.sum()).clamp_min(1e-20)
+        return grad * mask.view(ctx.shape), None, (score.detach() - relative) * mask
 
 
 class StraightThroughMask(torch.autograd.Function):
@@ -102,6 +183,11 @@ class StraightThroughMask(torch.autograd.Function):
         pre, mask = ctx.saved_tensors
         dims = [d for d in range(grad.dim()) if d != 1]
         return grad * mask.view(ctx.shape), None, (grad * pre).sum(dims)
+
+
+# How scores learn (see the module's docstring); LEGACY is the kit's first version, kept to show what it did.
+GATES: dict[str, type[torch.autograd.Function]] = {"saliency": SaliencyMask, "bn-output": StraightThroughMask}
+LEGACY: dict[str, Any] = {"gate": "bn-output", "normalise": False, "nested": False}
 
 
 def maskable_layers(model: nn.Module, input_shape: Sequence[int] | None = None) -> list[str]:
@@ -146,13 +232,18 @@ class Cascade(nn.Module):
 
     `hierarchical=True` (the paper) routes the score gradient of model Ti's forward pass to T(i-1)'s
     scores, so each model's mask is learned with its teacher's loss; False trains each with its own.
+    `gate`, `normalise` and `nested` choose how masks learn (module docstring; `LEGACY` the first version).
     """
 
     def __init__(self, network: nn.Module, levels: Sequence[float], input_shape: Sequence[int] | None = None,
-                 hierarchical: bool = True, hint_layers: int = 3) -> None:
+                 hierarchical: bool = True, hint_layers: int = 3, gate: str = "saliency", normalise: bool = True,
+                 nested: bool = True) -> None:
         super().__init__()
         check_levels(levels)
+        if gate not in GATES:
+            raise ValueError(f"Unknown gate {gate!r}: use one of {', '.join(GATES)}.")
         self.levels, self.hierarchical = [float(k) for k in levels], hierarchical
+        self.gate, self.normalise, self.nested = gate, bool(normalise), bool(nested)
         self.input_shape = _infer_input_shape(network, input_shape)
         base = copy.deepcopy(network).train().requires_grad_(True)
         self.layers = maskable_layers(base, self.input_shape)
@@ -172,13 +263,28 @@ class Cascade(nn.Module):
         init = torch.cat([_relative_l1(graph.modules[p].weight) for p in self.layers])
         self.scores = nn.ParameterList([nn.Parameter(init.clone()) for _ in self.levels])
         self.hints: list[dict[str, torch.Tensor]] = []
+        self.last_masks: list[torch.Tensor] = []
 
     def __len__(self) -> int:
         return len(self.levels)
 
+    def masks(self) -> list[torch.Tensor]:
+        """Every model's flat 0/1 mask over `layers` (global threshold at its level), computed from the top
+        down: with `nested`, model i chooses among the filters model i+1 keeps."""
+        out = [torch.ones(sum(self.sizes), device=self.scores[-1].device)]
+        for i in reversed(range(len(self) - 1)):
+            out.insert(0, global_mask(self.scores[i], self.sizes, self.levels[i], self.normalise,
+                                      out[0] if self.nested else None))
+        return out
+
     def mask(self, i: int) -> torch.Tensor:
-        """Model i's flat 0/1 mask over `layers` (global threshold at its level)."""
-        return global_mask(self.scores[i], self.sizes, self.levels[i])
+        """Model i's flat 0/1 mask (see `masks`)."""
+        return self.masks()[i]
+
+    def hint_weights(self, i: int, teacher: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per hint site, 0/1 over its channels: those model i (last forward's mask) and `teacher` both keep."""
+        both = (self.last_masks[i] * teacher).split(self.sizes)
+        return {self.sites[p]: m for p, m in zip(self.layers, both) if self.sites[p] in self.hint_paths}
 
     def kept(self, i: int) -> dict[str, list[int]]:
         """Model i's kept filter indices per masked layer."""
@@ -208,7 +314,7 @@ class Cascade(nn.Module):
                      ) -> torch.Tensor:
                 score = (self.scores[sink][offsets[n]:offsets[n + 1]] if sink is not None
                          else torch.zeros(self.sizes[n], device=out.device))
-                y = StraightThroughMask.apply(out, chunks[n].to(out.dtype), score)
+                y = GATES[self.gate].apply(out, chunks[n].to(out.dtype), score)
                 if site in self.hint_paths:
                     feats[site] = y
                 return y
@@ -221,9 +327,9 @@ class Cascade(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Logits of every model, student first; `self.hints[i]` holds model i's masked hint features."""
-        logits, self.hints = [], []
+        logits, self.hints, self.last_masks = [], [], self.masks()
         for i, member in enumerate(self.members):
-            with self._masked(i, self.mask(i)) as feats:
+            with self._masked(i, self.last_masks[i]) as feats:
                 logits.append(member(x))
             self.hints.append(feats)
         return logits
@@ -251,23 +357,32 @@ def _relative_l1(weight: torch.Tensor) -> torch.Tensor:
 
 class CascadeLoss(nn.Module):
     """The hierarchical objective: for each model i, CE(z_i, y) + alpha * KD(z_i | z_{i+1}) at temperature T
-    + beta * hint (squared differences of the masked features of the last layers, summed per example,
-    batch mean). The top model learns from `top`, a frozen copy of the pretrained network. Teachers'
-    outputs are detached: model i's loss trains model i (and, through the scores, model i-1's mask)."""
+    + beta * hint (squared differences of the masked features of the last layers over the channels both
+    models keep, summed per example, batch mean). KD is Hinton's T^2 * KL with `t_squared` (its gradient
+    does not shrink with T), the spec's plain KL without. The top model learns from `top`, a frozen copy of
+    the pretrained network. Teachers' outputs are detached: model i's loss trains model i (and, through
+    the scores, model i-1's mask)."""
 
     def __init__(self, top: nn.Module, hint_paths: Sequence[str], alpha: float = 0.4, temperature: float = 15.0,
-                 beta: float = 0.001) -> None:
+                 beta: float = 0.001, t_squared: bool = True) -> None:
         super().__init__()
         self.top = copy.deepcopy(top).eval().requires_grad_(False)
         self.hint_paths, self.alpha, self.beta = list(hint_paths), alpha, beta
         self.kd = KDLoss(temperature)
+        self.kd_scale = 1.0 if t_squared else 1.0 / temperature ** 2
 
     def model_loss(self, logits: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor,
-                   hints: dict[str, torch.Tensor], teacher_hints: dict[str, torch.Tensor]) -> torch.Tensor:
-        """One model's loss against its teacher's (detached) logits and hint features."""
-        hint = sum((((hints[p] - teacher_hints[p].detach()) ** 2).flatten(1).sum(1).mean() for p in hints),
-                   torch.zeros((), device=logits.device))
-        return (F.cross_entropy(logits, y) + self.alpha * self.kd(logits, teacher_logits.detach())
+                   hints: dict[str, torch.Tensor], teacher_hints: dict[str, torch.Tensor],
+                   weights: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """One model's loss against its teacher's (detached) logits and hint features; `weights` (0/1 per
+        channel and hint site) keeps only the channels both models keep."""
+        def diff(p: str) -> torch.Tensor:
+            d = hints[p] - teacher_hints[p].detach()
+            if weights is not None:
+                d = d * weights[p].to(d.dtype).view(1, -1, *[1] * (d.dim() - 2))
+            return (d ** 2).flatten(1).sum(1).mean()
+        hint = sum((diff(p) for p in hints), torch.zeros((), device=logits.device))
+        return (F.cross_entropy(logits, y) + self.alpha * self.kd_scale * self.kd(logits, teacher_logits.detach())
                 + self.beta * hint)
 
     def forward(self, cascade: Cascade, x: torch.Tensor, y: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
@@ -282,5 +397,6 @@ class CascadeLoss(nn.Module):
                     h.remove()
         logits = cascade(x)
         teachers = [*zip(logits[1:], cascade.hints[1:]), (top_logits, top_hints)]
-        return {f"L{i}": self.model_loss(z, y, tz, cascade.hints[i], th)
+        outer = [*cascade.last_masks[1:], cascade.last_masks[-1]]  # the top's teacher keeps every channel
+        return {f"L{i}": self.model_loss(z, y, tz, cascade.hints[i], th, cascade.hint_weights(i, outer[i]))
                 for i, (z, (tz, th)) in enumerate(zip(logits, teachers))}

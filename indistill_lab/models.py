@@ -22,6 +22,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The paper's auxiliary (convs 16/32/64, fc -> 128 -> classes) and student (8/16/32, fc -> 64).
     "auxiliary": {"widths": (16, 32, 64), "fc": (128,)},
     "student": {"widths": (8, 16, 32), "fc": (64,)},
+    # The cascade's network (docs/cascade.md): two convs per stage and a small head, so that 5 maskable convs
+    # hold most of the parameters (72k of 110k) as in the cascade paper's VGG/ResNets.
+    "cascade-net": {"widths": (16, 32, 64), "fc": (64,), "convs_per_stage": 2},
 }
 
 

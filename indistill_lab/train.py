@@ -125,6 +125,27 @@ def lr_for_epoch(schedule: dict[int, float], base_lr: float, epoch: int) -> floa
     return lr
 
 
+class CosineLR(Callback):
+    """Cosine decay from `lr` to 0 over `total_steps`, set after every step. The Trainer sets each epoch's
+    first lr from its `lr_schedule`: give it `epoch_starts(steps_per_epoch, epochs)` so the two agree."""
+
+    def __init__(self, lr: float, total_steps: int) -> None:
+        if total_steps < 1 or not lr >= 0:
+            raise ValueError(f"CosineLR needs lr >= 0 and total_steps >= 1, got {lr} and {total_steps}.")
+        self.lr, self.total_steps = lr, total_steps
+
+    def at(self, step: int) -> float:
+        """The lr of step `step` (0-based)."""
+        return 0.5 * self.lr * (1 + math.cos(math.pi * min(step, self.total_steps) / self.total_steps))
+
+    def epoch_starts(self, steps_per_epoch: int, epochs: int) -> dict[int, float]:
+        return {e: self.at(e * steps_per_epoch) for e in range(epochs)}
+
+    def on_batch_end(self, trainer: "Trainer", logs: dict[str, float]) -> None:
+        for group in trainer.optimizer.param_groups:
+            group["lr"] = self.at(trainer.step)
+
+
 def save_checkpoint(path: Path | str, payload: dict[str, Any]) -> None:
     """Write atomically: to a temporary file of this process, then rename, so a crash never leaves a broken
     file and processes saving the same file at once (Ray workers preparing one configuration) never mix."""

@@ -34,6 +34,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "student": {"model": "student", "epochs": 10, "lr_schedule": {8: 1e-4}},
     "auxiliary": {"model": "auxiliary", "epochs": 10, "lr_schedule": {8: 1e-4}},
     "teacher": {"model": "teacher", "epochs": 6, "lr_schedule": {5: 1e-4}},
+    "cascade-net": {"model": "cascade-net", "epochs": 6, "lr_schedule": {5: 1e-4}},
 }
 
 

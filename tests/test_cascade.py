@@ -3,24 +3,31 @@ estimator by hand, shared weights, the hierarchical score gradient, export equal
 model, both phases end to end, and the clear errors for bad input."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torchvision
 from torch import nn
 
 from indistill_lab.cascade import (
+    LEGACY,
     Cascade,
     CascadeLoss,
+    SaliencyMask,
     StraightThroughMask,
     cascade_levels,
     check_levels,
+    filter_saliency,
     global_mask,
+    kept_overlap,
+    layers_at_floor,
     maskable_layers,
 )
 from indistill_lab.data import Loader
-from indistill_lab.methods.cascade import CascadeSchedule, student_level, train_cascade
-from indistill_lab.models import build_model
-from indistill_lab.train import Callback
+from indistill_lab.methods.cascade import CascadeSchedule, _shared_channels, student_level, train_cascade
+from indistill_lab.models import ConvNet, build_model
+from indistill_lab.train import Callback, CosineLR
 
 
 def _randomise_bn(model: nn.Module) -> nn.Module:
@@ -195,3 +202,205 @@ def test_cascade_loss_terms_are_finite_for_every_model(convnet_cascade):
     loss = CascadeLoss(net, convnet_cascade.hint_paths)
     terms = loss(convnet_cascade, torch.randn(8, 1, 28, 28), torch.arange(8) % 10, 0)
     assert list(terms) == ["L0", "L1", "L2", "L3"] and all(torch.isfinite(v) for v in terms.values())
+
+
+# -- mask learning that measures saliency (issue 22) -------------------------------------------------------
+
+def _net_that_ignores_filter_b(tiny_split) -> ConvNet:
+    """Two stages of 2 filters, trained a little; the head never reads stage 2's filter 1 (B), so removing B
+    leaves the loss unchanged while removing filter 0 (A) changes it."""
+    torch.manual_seed(0)
+    net = ConvNet((2, 2), (8,))
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    for _ in range(60):
+        loss = nn.functional.cross_entropy(net(tiny_split.x), tiny_split.y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            net.fc1.weight[:, 49:98] = 0.0  # stage 2 output is 2 x 7 x 7: columns 49.. read filter B
+    return net.eval()
+
+
+def _loss_without(net: ConvNet, split, channel: int | None) -> float:
+    keep = torch.ones(1, 2, 1, 1)
+    if channel is not None:
+        keep[0, channel] = 0.0
+    hook = net.stage2.bn1.register_forward_hook(lambda _m, _i, out: out * keep)
+    with torch.no_grad():
+        loss = float(nn.functional.cross_entropy(net(split.x), split.y))
+    hook.remove()
+    return loss
+
+
+def test_saliency_scores_rank_a_needed_filter_above_an_unused_one(tiny_split):
+    net = _net_that_ignores_filter_b(tiny_split)
+    full = _loss_without(net, tiny_split, None)
+    assert _loss_without(net, tiny_split, 0) > full + 0.1  # the premise: A matters, B does not
+    assert _loss_without(net, tiny_split, 1) == pytest.approx(full, abs=1e-6)
+    c = Cascade(net, [0.5, 0.0])
+    assert c.layers == ["stage2.conv1"]
+    with torch.no_grad():
+        c.scores[0].fill_(1.0)  # no head start for either filter
+    loss = CascadeLoss(net, c.hint_paths)
+    opt = torch.optim.SGD(c.scores.parameters(), lr=0.05)
+    for _ in range(20):
+        opt.zero_grad()
+        sum(loss(c, tiny_split.x, tiny_split.y, 0).values()).backward()
+        opt.step()
+    a, b = c.scores[0].tolist()
+    assert a > 1.5 and b < 0.5  # toward A's relative saliency (about 2) and B's (0)
+    assert c.kept(0) == {"stage2.conv1": [0]}
+
+
+def _settled_bn_batch() -> tuple[nn.Module, nn.Module, torch.Tensor, torch.Tensor]:
+    """conv -> BN -> (gate) -> linear head with BN's scale and shift optimised to a stationary point of the
+    loss on a fixed batch (train-mode BN). No ReLU, so that no filter can settle by dying."""
+    torch.manual_seed(1)
+    conv, bn = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4)
+    head = nn.Sequential(nn.Flatten(), nn.Linear(4 * 8 * 8, 3))
+    x, y = torch.randn(32, 1, 8, 8), torch.arange(32) % 3
+    pre = conv(x).detach()
+    opt = torch.optim.LBFGS(bn.parameters(), lr=0.5, max_iter=500, tolerance_grad=1e-10, tolerance_change=1e-14)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(head(bn(pre)), y)
+        loss.backward()
+        return loss
+    for _ in range(5):
+        opt.step(closure)
+    assert max(float(p.grad.abs().max()) for p in bn.parameters()) < 1e-4  # settled
+    return bn, head, pre, y
+
+
+@pytest.mark.parametrize("gate", ["bn-output", "saliency"])
+def test_kept_filters_score_gradient_is_not_cancelled_by_settled_bn(gate):
+    bn, head, pre, y = _settled_bn_batch()
+    out = bn(pre)
+    out.retain_grad()
+    score = torch.zeros(4, requires_grad=True)
+    gated = (StraightThroughMask if gate == "bn-output" else SaliencyMask).apply(out, torch.ones(4), score)
+    nn.functional.cross_entropy(head(gated), y).backward()
+    per_example = (out.grad * out).flatten(2).sum(2) * len(y)  # each example's own first-order loss change
+    spread = per_example.pow(2).mean(0).sqrt()
+    assert (spread > 1e-3).all()  # every filter matters to some examples
+    if gate == "bn-output":  # the batch sum, gamma * dL/dgamma + beta * dL/dbeta: about 0 for every filter
+        assert (score.grad.abs() * len(y) < 1e-2 * spread).all()
+    else:  # minus the saliency relative to the layer's mean: clearly non-zero, mean 1
+        relative = filter_saliency(out.grad, out) / filter_saliency(out.grad, out).mean()
+        assert torch.allclose(-score.grad, relative) and (-score.grad > 0.05).all()
+        assert float(-score.grad.mean()) == pytest.approx(1.0)
+
+
+def test_per_layer_normalisation_keeps_a_small_scale_layer_from_collapsing():
+    torch.manual_seed(0)
+    sizes = [16, 32]
+    scores = torch.cat([torch.rand(16) * 1e-3, torch.rand(32)])  # layer 0 on a 1000x smaller scale
+    raw, norm = global_mask(scores, sizes, 0.5), global_mask(scores, sizes, 0.5, normalise=True)
+    assert raw[:16].sum() == 1 and layers_at_floor(raw, sizes) == 1  # collapsed to its floor, and reported
+    assert layers_at_floor(norm, sizes) == 0 and 4 <= norm[:16].sum() <= 12
+    assert norm.sum() == raw.sum() == 24
+    assert layers_at_floor(torch.tensor([1., 0, 0, 1, 1, 0, 1.]), [3, 2, 2]) == 2
+
+
+def test_overlap_is_the_students_kept_fraction_that_the_assistant_keeps():
+    student, ta = torch.tensor([1., 1, 0, 0, 1, 1]), torch.tensor([1., 0, 1, 0, 1, 0])
+    assert kept_overlap(student, ta) == 0.5  # of 4 kept, filters 0 and 4 are the TA's
+    assert kept_overlap(ta, torch.ones(6)) == 1.0
+    with pytest.raises(ValueError, match="keep a filter"):
+        kept_overlap(torch.zeros(6), ta)
+    pos, idx = _shared_channels([0, 2, 5], [2, 3, 5])  # hints: channels both keep
+    assert pos.tolist() == [1, 2] and idx.tolist() == [2, 5]
+
+
+@pytest.mark.parametrize("nested", [True, False])
+def test_nesting_is_enforced_or_measured(nested):
+    c = Cascade(build_model("auxiliary"), cascade_levels(0.6, 1), **({} if nested else LEGACY))
+    with torch.no_grad():  # the student prefers exactly the filters its assistant likes least
+        c.scores[1].copy_(torch.arange(96.0))
+        c.scores[0].copy_(-torch.arange(96.0))
+    masks = c.masks()
+    assert [int((m == 0).sum()) for m in masks] == [round(k * 96) for k in c.levels]
+    overlap = kept_overlap(masks[0], masks[1])
+    if nested:
+        assert overlap == 1.0 and kept_overlap(masks[1], masks[2]) == 1.0
+    else:  # raw threshold: the TA keeps filters 29..95, the student 0..37, so 9 of its 38 are the TA's
+        assert masks[1].nonzero().flatten().tolist() == list(range(29, 96))
+        assert masks[0].nonzero().flatten().tolist() == list(range(38)) and overlap == 9 / 38
+
+
+def test_hints_compare_only_channels_both_models_keep():
+    torch.manual_seed(0)
+    net = _randomise_bn(build_model("auxiliary"))
+    c = Cascade(net, [0.5, 0.0], **LEGACY)
+    loss = CascadeLoss(net, c.hint_paths)
+    x, y = torch.randn(4, 1, 28, 28), torch.arange(4)
+    c(x)
+    w = c.hint_weights(0, torch.ones(96))
+    assert torch.equal(torch.cat(list(w.values())), c.last_masks[0])
+    feats = {p: torch.randn(4, 32 if "2" in p else 64, 7, 7) for p in c.hint_paths}
+    target = {p: torch.randn_like(f) for p, f in feats.items()}
+    moved = {p: t + 5 * (1 - w[p]).view(1, -1, 1, 1) for p, t in target.items()}  # change only pruned channels
+    z = torch.randn(4, 10)
+    same = [loss.model_loss(z, y, z, feats, t, w) for t in (target, moved)]
+    assert same[0] == same[1] and loss.model_loss(z, y, z, feats, moved) > same[0]
+
+
+def test_kd_t_squared_is_an_explicit_choice():
+    net = build_model("auxiliary")
+    z, t, y = torch.randn(4, 10), torch.randn(4, 10), torch.arange(4)
+    with_t2, without = (CascadeLoss(net, [], t_squared=flag).model_loss(z, y, t, {}, {}) for flag in (True, False))
+    ce = nn.functional.cross_entropy(z, y)
+    assert float(with_t2 - ce) == pytest.approx(225 * float(without - ce), rel=1e-4)
+
+
+def test_cosine_lr_decays_per_step_and_agrees_at_epoch_starts():
+    cos = CosineLR(0.008, 100)
+    assert cos.at(0) == 0.008 and cos.at(50) == pytest.approx(0.004) and cos.at(100) == 0.0
+    assert cos.epoch_starts(25, 4) == {e: cos.at(25 * e) for e in range(4)}
+    with pytest.raises(ValueError, match="total_steps >= 1"):
+        CosineLR(0.1, 0)
+
+
+# -- the table driver (quick protocol, into tmp_path) --------------------------------------------------------
+
+def test_first_versions_students_invaded_their_assistants_pruned_filters():
+    from indistill_lab.experiments.cascade import old_runs
+
+    runs = old_runs(0.8, 1)
+    assert [r["seed"] for r in runs] == [0, 1, 2]
+    assert all(r["overlap"][0] == 1.0 for r in runs)  # the relative-L1 start nests
+    assert all(r["overlap"][-1] <= 1 / 19 for r in runs)  # at the end at most 1 of 19 is the TA's
+
+
+def test_table_driver_runs_resumes_and_reports(tmp_path):
+    from indistill_lab.experiments import cascade as exp
+
+    argv = ["run", "--seeds", "1", "--arms", "prune-kd", "cascade-1ta", "--out", str(tmp_path)]
+    exp.main(argv)
+    table = exp.table(exp.Protocol.default(), folder=tmp_path)
+    rows = table.rows()
+    assert [(r["arm"], r["seed"]) for r in rows] == [("prune-kd", 0), ("cascade-1ta", 0)]
+    for r in rows:
+        assert len(r["widths"]) == 5 and sum(r["widths"]) == 208 - round(0.8 * 208)
+        assert 0 < r["accuracy"] <= 100 and 0 < r["macs"] and r["layers_at_floor"] >= 0
+    assert rows[0]["overlap"] is None and rows[1]["overlap"] == 1.0  # nested masks
+    story = json.loads((exp.stories_dir(table) / "cascade-1ta-0.json").read_text())
+    assert len(story["overlap"]) == len(story["snapshots"]) and story["row"]["params"] == rows[1]["params"]
+    md = table.path.with_suffix(".md").read_text()
+    assert "| cascade-1ta − prune-kd | s0: " in md and table.path.with_suffix(".png").is_file()
+    exp.main(argv)  # resumes: nothing left to do, no duplicate rows
+    assert len(table.rows()) == 2
+
+
+@pytest.mark.parametrize("argv, flag", [(["run", "--arms", "nope"], "--arms"), (["run", "--workers", "0"], "--workers"),
+                                        (["pilot", "--joint-epochs", "0"], "--joint-epochs"),
+                                        (["run", "--seeds", "0"], "--seeds")])
+def test_table_driver_names_the_bad_flag(argv, flag, tmp_path):
+    from indistill_lab.errors import UsageError
+    from indistill_lab.experiments import cascade as exp
+
+    with pytest.raises(UsageError, match=flag):
+        exp.main([*argv, "--out", str(tmp_path)])
+    assert not list(tmp_path.iterdir())

@@ -22,14 +22,15 @@ from ..modes import eval_mode
 from ..pipeline import build
 from ..pruning import PruneReport
 from ..taps import Taps
-from ..train import Callback, History, Trainer
+from ..train import Callback, CosineLR, History, Trainer
 from .base import Context, Method, Trained, register
 
 
 @dataclass(frozen=True)
 class CascadeSchedule:
     """Epochs of the two phases, the optimiser (the kit's Adam by default; the paper: SGD Nesterov), and the
-    last `low_epochs` of phase 2 at `lr_low`. `record_every` > 0 snapshots the masks every that many steps."""
+    last `low_epochs` of phase 2 at `lr_low`, or with `cosine` a cosine decay from `lr` over each phase
+    (the paper's; `low_epochs` then unused). `record_every` > 0 snapshots the masks every that many steps."""
 
     joint_epochs: int
     student_epochs: int
@@ -39,6 +40,7 @@ class CascadeSchedule:
     optimizer: str = "adam"
     weight_decay: float = 0.0
     record_every: int = 0
+    cosine: bool = False
 
     def __post_init__(self) -> None:
         if self.joint_epochs < 1 or self.student_epochs < 0:
@@ -72,22 +74,34 @@ class MaskRecorder(Callback):
 
 class StudentObjective(nn.Module):
     """Phase 2: the exported student against `teachers[current]` (frozen networks, masked, full width)
-    with the cascade's loss; hints compare the student's features with the teacher's kept channels."""
+    with the cascade's loss. `kept` gives the student's kept channels per hint site (in the full network's
+    numbering), `teacher_kept` each teacher's (None: all); hints compare the channels both keep."""
 
-    def __init__(self, teachers: Sequence[nn.Module], loss: CascadeLoss, kept: dict[str, list[int]]) -> None:
+    def __init__(self, teachers: Sequence[nn.Module], loss: CascadeLoss, kept: dict[str, list[int]],
+                 teacher_kept: Sequence[dict[str, list[int]] | None] | None = None) -> None:
         super().__init__()
         self.teachers = nn.ModuleList([t.eval().requires_grad_(False) for t in teachers])
         self.loss, self.current = loss, 0
-        self.kept = {p: torch.as_tensor(k) for p, k in kept.items() if p in loss.hint_paths}
+        mine = {p: k for p, k in kept.items() if p in loss.hint_paths}
+        self.pairs = [{p: _shared_channels(k, None if tk is None else tk[p]) for p, k in mine.items()}
+                      for tk in (teacher_kept or [None] * len(teachers))]
 
     def forward(self, student: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
-        teacher = self.teachers[self.current]
-        with torch.no_grad(), Taps(teacher, self.kept, detach=True) as t_taps:
+        teacher, pairs = self.teachers[self.current], self.pairs[self.current]
+        with torch.no_grad(), Taps(teacher, list(pairs), detach=True) as t_taps:
             t_logits = teacher(x)
-        with Taps(student, self.kept) as s_taps:
+        with Taps(student, list(pairs)) as s_taps:
             logits = student(x)
-        t_hints = {p: t_taps[p].index_select(1, k.to(x.device)) for p, k in self.kept.items()}
-        return {"L0": self.loss.model_loss(logits, y, t_logits, dict(s_taps.outputs), t_hints)}
+        s_hints = {p: s_taps[p].index_select(1, s.to(x.device)) for p, (s, _) in pairs.items()}
+        t_hints = {p: t_taps[p].index_select(1, t.to(x.device)) for p, (_, t) in pairs.items()}
+        return {"L0": self.loss.model_loss(logits, y, t_logits, s_hints, t_hints)}
+
+
+def _shared_channels(student: list[int], teacher: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions in the exported student's channels, and the teacher's channel indices, of the filters
+    both keep (`student`, `teacher`: kept indices of the full network; None: the teacher keeps all)."""
+    both = [(pos, c) for pos, c in enumerate(student) if teacher is None or c in set(teacher)]
+    return torch.tensor([p for p, _ in both], dtype=torch.long), torch.tensor([c for _, c in both], dtype=torch.long)
 
 
 class TeacherSwap(Callback):
@@ -126,21 +140,35 @@ class CascadeResult:
     swaps: list[tuple[int, int]] = field(default_factory=list)
 
 
+def phase_lr(schedule: CascadeSchedule, epochs: int, steps_per_epoch: int) -> tuple[dict[int, float], list[Callback]]:
+    """The Trainer's `lr_schedule` and callbacks for a phase of `epochs`: a cosine decay over the phase, or
+    `lr` with the last `low_epochs` at `lr_low`."""
+    if schedule.cosine:
+        cos = CosineLR(schedule.lr, max(1, epochs * steps_per_epoch))
+        return cos.epoch_starts(steps_per_epoch, epochs), [cos]
+    return {epochs - schedule.low_epochs: schedule.lr_low}, []
+
+
 def train_cascade(network: nn.Module, levels: Sequence[float], loader: Loader, schedule: CascadeSchedule,
                   probe: tuple[torch.Tensor, torch.Tensor], seed: int = 0, callbacks: Iterable[Callback] = (),
                   progress: bool = False, checkpoint_dir: Path | str | None = None,
-                  hierarchical: bool = True) -> CascadeResult:
+                  hierarchical: bool = True, mask_options: dict[str, Any] | None = None,
+                  loss_options: dict[str, Any] | None = None) -> CascadeResult:
     """Both phases on a copy of the pretrained `network`; raises RuntimeError if a phase stopped early
-    (non-finite loss, Ctrl-C). Checkpoints go to `checkpoint_dir`/joint.pt and student.pt when given."""
+    (non-finite loss, Ctrl-C). Checkpoints go to `checkpoint_dir`/joint.pt and student.pt when given.
+    `mask_options` (gate, normalise, nested) go to `Cascade`, `loss_options` (alpha, beta, temperature,
+    t_squared) to `CascadeLoss`."""
     callbacks = list(callbacks)
     ckpt = (lambda name: Path(checkpoint_dir) / name) if checkpoint_dir is not None else (lambda name: None)
     torch.manual_seed(seed)
-    cascade = Cascade(network, levels, hierarchical=hierarchical)
-    loss = CascadeLoss(network, cascade.hint_paths)
+    cascade = Cascade(network, levels, hierarchical=hierarchical, **(mask_options or {}))
+    loss = CascadeLoss(network, cascade.hint_paths, **(loss_options or {}))
     recorder = MaskRecorder(cascade, schedule.record_every)
     opt = dict(optimizer=schedule.optimizer, lr=schedule.lr, weight_decay=schedule.weight_decay, seed=seed,
                progress=progress)
-    joint = Trainer(cascade, loss, callbacks=[recorder, *callbacks], checkpoint=ckpt("joint.pt"), **opt)
+    lrs, extra = phase_lr(schedule, schedule.joint_epochs, len(loader))
+    joint = Trainer(cascade, loss, callbacks=[recorder, *extra, *callbacks], checkpoint=ckpt("joint.pt"),
+                    lr_schedule=lrs if schedule.cosine else None, **opt)
     joint.resume()
     joint.fit(loader, schedule.joint_epochs)
     if joint.history.stopped:
@@ -149,11 +177,13 @@ def train_cascade(network: nn.Module, levels: Sequence[float], loader: Loader, s
     student, report = cascade.export(0)
     student.train().requires_grad_(True)
     teachers = [cascade.member(j) for j in range(1, len(cascade))] + [copy.deepcopy(loss.top)]
-    sites = {cascade.sites[p]: k for p, k in cascade.kept(0).items()}
-    objective = StudentObjective(teachers, loss, sites)
+    def sites(i: int) -> dict[str, list[int]]:
+        return {cascade.sites[p]: k for p, k in cascade.kept(i).items()}
+    objective = StudentObjective(teachers, loss, sites(0), [sites(j) for j in range(1, len(cascade))] + [None])
     swap = TeacherSwap(objective, probe)
-    alone = Trainer(student, objective, callbacks=[swap, *callbacks], checkpoint=ckpt("student.pt"),
-                    lr_schedule={schedule.student_epochs - schedule.low_epochs: schedule.lr_low}, **opt)
+    lrs, extra = phase_lr(schedule, schedule.student_epochs, len(loader))
+    alone = Trainer(student, objective, callbacks=[swap, *extra, *callbacks], checkpoint=ckpt("student.pt"),
+                    lr_schedule=lrs, **opt)
     alone.fit(loader, schedule.student_epochs)
     if alone.history.stopped:
         raise RuntimeError(f"cascade: training stopped ({alone.history.stopped}).")

@@ -115,25 +115,64 @@ class ResultsExplorer(Explorer):
         return widgets.VBox([widgets.HBox([self.metric, self.shown]), self.figure])
 
 
-def results_png(summary: Sequence[Mapping[str, Any]], path: Path | str) -> None:
-    """Accuracy and mAP (e) against parameters, one line per method (matplotlib, for results/cascade.png)."""
+def _pyplot():  # matplotlib without a display, imported when a PNG is drawn
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, (title, key) in zip(axes, (("accuracy", "accuracy"), ("mAP (euclidean)", "map_e"))):
-        for lb in dict.fromkeys(s["label"] for s in summary):
-            mine = sorted((s for s in summary if s["label"] == lb), key=lambda s: s["params"][0])
-            ax.errorbar([s["params"][0] for s in mine], [s[key][0] for s in mine],
-                        yerr=[s[key][1] for s in mine], marker="o", capsize=3, label=lb)
-        ax.set_xscale("log")
-        ax.set_xlabel("parameters of the exported student")
-        ax.set_ylabel(f"{title} (%)")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle("Cascaded teaching assistants vs prune-once baselines (Fashion-MNIST, k = 0.8 / 0.6 / 0.3)",
+
+def draw_overlap(ax: Any, new: Sequence[Mapping[str, Any]], old: Sequence[Mapping[str, Any]]) -> None:
+    """Student-in-TA overlap (fraction of the student's kept filters its TA keeps) against the fraction of
+    the joint phase: `old` runs (the first version, dashed) against `new` stories (one line per run, colour
+    by arm). Each story/run needs `snapshots` (with `step`) and `overlap` (one value per snapshot)."""
+    def draw(run: Mapping[str, Any], style: str, color: str, label: str | None) -> None:
+        steps = [s["step"] for s in run["snapshots"]]  # snapshots are taken in the joint phase only
+        ax.plot([t / (steps[-1] or 1) for t in steps], run["overlap"], style, color=color, label=label, alpha=0.8)
+    for n, run in enumerate(old):
+        draw(run, "--", "tab:red", "first version (Adam, raw scores, no nesting)" if n == 0 else None)
+    colors: dict[str, str] = {}
+    for run in new:
+        arm = run["arm"]
+        draw(run, "-", colors.setdefault(arm, f"C{len(colors)}"), None if arm in colors and
+             any(r["arm"] == arm for r in new[:new.index(run)]) else arm)
+    ax.set_xlabel("fraction of the joint phase")
+    ax.set_ylabel("student's kept filters its TA keeps")
+    ax.set_ylim(-0.02, 1.05)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def overlap_png(new: Sequence[Mapping[str, Any]], old: Sequence[Mapping[str, Any]], path: Path | str) -> None:
+    """The before/after figure alone: the first version's students invade their TA's pruned filters."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    draw_overlap(ax, new, old)
+    ax.set_title("student-in-TA overlap during the joint phase (k = 0.8, 1 TA)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def cascade_table_png(rows: Sequence[Mapping[str, Any]], stories: Sequence[Mapping[str, Any]],
+                      old: Sequence[Mapping[str, Any]], path: Path | str) -> None:
+    """The table's figure: accuracy per arm (one dot per seed, the mean as a bar) and the overlap during
+    the joint phase of the 1-TA cascades against the first version's runs."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.4), gridspec_kw={"width_ratios": [1.3, 1]})
+    arms = list(dict.fromkeys(r["arm"] for r in rows))
+    for x, arm in enumerate(arms):
+        accs = [r["accuracy"] for r in rows if r["arm"] == arm]
+        left.bar(x, sum(accs) / len(accs), color="lightgray", width=0.6)
+        left.plot([x] * len(accs), accs, "o", color="k", ms=4)
+    left.set_xticks(range(len(arms)), arms, rotation=25, ha="right", fontsize=8)
+    low = min(r["accuracy"] for r in rows)
+    left.set_ylim(low - 2, max(r["accuracy"] for r in rows) + 1)
+    left.set_ylabel("test accuracy (%, 10,000 images)")
+    left.grid(alpha=0.3, axis="y")
+    draw_overlap(right, [s for s in stories if s["arm"].startswith("cascade-1ta") and s.get("overlap")], old)
+    fig.suptitle("Cascaded TAs, k = 0.8, SGD protocol: accuracy by arm (dots: seeds) and student-in-TA overlap",
                  fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
