@@ -146,6 +146,38 @@ def filter_saliency(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return 0.5 * per_example.pow(2).mean(0)
 
 
+def score_signals(cascade: "Cascade", x: torch.Tensor, y: torch.Tensor, model: int = -1) -> dict[str, torch.Tensor]:
+    """What each gate would read for every filter of model `model` (default: the unpruned one) on a batch, per
+    masked layer (rows: filters): column 0 the signed first-order signal the first version's scores got,
+    |mean_i d_i|, column 1 the per-example spread sqrt(mean_i d_i^2), with d_i example i's first-order loss
+    change when the filter's output is removed. A trained network's kept filters have column 0 near 0 (it is
+    gamma * dL/dgamma + beta * dL/dbeta at BN's settled point) while column 1 is not: why the kit's scores
+    use the squares (`filter_saliency`)."""
+    member = cascade.members[model]
+    outs: dict[str, torch.Tensor] = {}
+
+    def keep(site: str) -> Any:
+        def hook(_m: nn.Module, _i: tuple, out: torch.Tensor) -> None:
+            out.retain_grad()
+            outs[site] = out
+        return hook
+
+    sites = [cascade.sites[p] for p in cascade.layers]
+    handles = [member.get_submodule(site).register_forward_hook(keep(site)) for site in sites]
+    try:
+        with torch.enable_grad():
+            F.cross_entropy(member(x), y).backward()
+    finally:
+        for h in handles:
+            h.remove()
+    result = {}
+    for site in sites:
+        d = (outs[site].grad * outs[site]).flatten(2).sum(2) * len(y)  # (examples, filters)
+        result[site] = torch.stack([d.mean(0).abs(), d.pow(2).mean(0).sqrt()], 1).detach()
+    member.zero_grad(set_to_none=True)
+    return result
+
+
 class SaliencyMask(torch.autograd.Function):
     """Y = pre * m (a hard 0/1 mask per channel, the reading model's); the score's gradient is
     (score - relative saliency) on the channels the mask keeps, 0 elsewhere, so SGD moves each kept filter's

@@ -404,3 +404,23 @@ def test_table_driver_names_the_bad_flag(argv, flag, tmp_path):
     with pytest.raises(UsageError, match=flag):
         exp.main([*argv, "--out", str(tmp_path)])
     assert not list(tmp_path.iterdir())
+
+
+def test_score_signals_show_the_signed_signal_at_batch_noise_and_the_squares_not():
+    """On the pretrained cascade-net every masked layer's signed first-order signal |mean_i d_i| is at the
+    size of batch noise (below 2 / sqrt(B) of the per-example spread), while the spread is positive: what the
+    first version's scores read is noise, what the kit's read is not."""
+    from indistill_lab import zoo
+    from indistill_lab.cascade import score_signals
+    from indistill_lab.data import load_split
+
+    train = load_split("fashion-mnist", "train")
+    x, y = train.x[:512], train.y[:512]
+    cascade = Cascade(zoo.load("cascade-net"), cascade_levels(0.8, 1))
+    signals = score_signals(cascade, x, y)
+    assert list(signals) == [cascade.sites[p] for p in cascade.layers]
+    for site, s in signals.items():
+        assert s.shape == (cascade.sizes[cascade.layers.index(next(p for p in cascade.layers
+                                                                   if cascade.sites[p] == site))], 2)
+        assert (s[:, 1] > 0).all() and (s[:, 0] <= s[:, 1] + 1e-6).all()  # |mean| <= root mean square
+        assert float((s[:, 0] / s[:, 1]).median()) < 2 / len(y) ** 0.5

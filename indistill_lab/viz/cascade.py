@@ -115,6 +115,25 @@ class ResultsExplorer(Explorer):
         return widgets.VBox([widgets.HBox([self.metric, self.shown]), self.figure])
 
 
+def signals_figure(signals: Mapping[str, Any], batch: int) -> go.Figure:
+    """`cascade.score_signals`: per filter (a dot, one colour per layer) the signed first-order signal the
+    first version's scores read against the per-example spread the kit's read, log-log, with the size of batch
+    noise (spread / sqrt(batch)) as a dashed line."""
+    fig = go.Figure()
+    spreads = [float(v) for s in signals.values() for v in s[:, 1]]
+    for site, s in signals.items():
+        fig.add_scatter(x=s[:, 1].tolist(), y=s[:, 0].tolist(), mode="markers", name=site, marker=dict(size=6))
+    low, high = min(spreads), max(spreads)
+    fig.add_scatter(x=[low, high], y=[low / batch ** 0.5, high / batch ** 0.5], mode="lines",
+                    name=f"batch noise (spread / √{batch})", line=dict(dash="dash", color="#555"))
+    fig.add_scatter(x=[low, high], y=[low, high], mode="lines", name="signed = spread", line=dict(color="#bbb"))
+    fig.update_layout(height=420, margin=dict(t=60, b=50), xaxis_type="log", yaxis_type="log",
+                      xaxis_title="per-example spread √(mean d²): what the kit's scores read",
+                      yaxis_title="|mean d|: what the first version's read",
+                      title=dict(text="one dot per filter of the pretrained cascade-net (all kept)", font_size=14))
+    return fig
+
+
 def _pyplot():  # matplotlib without a display, imported when a PNG is drawn
     import matplotlib
 
@@ -169,7 +188,7 @@ def cascade_table_png(rows: Sequence[Mapping[str, Any]], stories: Sequence[Mappi
     left.set_xticks(range(len(arms)), arms, rotation=25, ha="right", fontsize=8)
     low = min(r["accuracy"] for r in rows)
     left.set_ylim(low - 2, max(r["accuracy"] for r in rows) + 1)
-    left.set_ylabel("test accuracy (%, 10,000 images)")
+    left.set_ylabel("test accuracy (%, 10,000 images; axis cut)")
     left.grid(alpha=0.3, axis="y")
     draw_overlap(right, [s for s in stories if s["arm"].startswith("cascade-1ta") and s.get("overlap")], old)
     fig.suptitle("Cascaded TAs, k = 0.8, SGD protocol: accuracy by arm (dots: seeds) and student-in-TA overlap",
