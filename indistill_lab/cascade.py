@@ -58,6 +58,9 @@ def cascade_levels(student_level: float, assistants: int) -> list[float]:
 
 def check_levels(levels: Sequence[float]) -> None:
     """Levels run from the student (most pruned) to the unpruned model: each in [0, 1), strictly decreasing."""
+    if isinstance(levels, (int, float, str)) or not hasattr(levels, "__iter__"):
+        raise ValueError(f"levels must be a list of pruned fractions from the student's down to 0, got {levels!r}; "
+                         "e.g. cascade_levels(0.6, assistants=1) gives [0.6, 0.3, 0.0].")
     levels = list(levels)
     if len(levels) < 2:
         raise ValueError(f"A cascade needs at least a student and the unpruned model (2 levels), got {levels}.")

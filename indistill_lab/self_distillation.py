@@ -130,6 +130,8 @@ class SelfDistillation(nn.Module):
             raise ValueError(f"self-distillation: temperature T must be > 0 (it divides the logits), got {temperature}.")
         self.drg_loss, self.dsr_loss = DRGLoss(alpha, temperature), DSRLoss(beta, temperature)
         self.use_dsr = dsr
+        if isinstance(stages, str):  # one stage named alone, not its letters
+            stages = [stages]
         self.stages = (list(stages) if stages is not None else default_stages(model, example)) if drg else []
         self.heads = build_heads(model, self.stages, example) if drg else nn.ModuleList()
         self.previous: torch.Tensor | None = None  # the previous mini-batch's sorted logits (never checkpointed)

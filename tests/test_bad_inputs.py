@@ -465,3 +465,13 @@ def test_zoo_build_of_a_missing_dataset_leaves_no_folder(tmp_path, monkeypatch):
     with pytest.raises((RuntimeError, FileNotFoundError, ValueError)):
         zoo.build(["teacher"], "cifar10", zoo_dir=tmp_path / "zoo")
     assert not (tmp_path / "zoo" / "cifar10").exists()
+
+
+def test_a_cascade_level_given_alone_and_a_stage_given_as_a_string_are_understood():
+    from indistill_lab.cascade import Cascade
+    from indistill_lab.self_distillation import SelfDistillation
+
+    with pytest.raises(ValueError, match=r"levels must be a list .* cascade_levels\(0.6, assistants=1\)"):
+        Cascade(build_model("auxiliary"), 0.6)
+    student = build_model("student")
+    assert SelfDistillation(student, torch.randn(2, 1, 28, 28), stages="stage2").stages == ["stage2"]
