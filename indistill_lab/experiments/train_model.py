@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 
 from .. import distributed, zoo
+from ..errors import cli, positive
 from ..data import Loader, crop_flip, load_split
 from ..metrics import accuracy
 from ..models import build_model
@@ -28,6 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-size", type=int, help="a class-balanced subset of the training split")
     parser.add_argument("--out", type=Path, required=True, help="the trained model (zoo format)")
     args = parser.parse_args(argv)
+    positive("--epochs", args.epochs)
+    positive("--batch-size", args.batch_size)
+    positive("--train-size", args.train_size)
+    if args.lr <= 0:
+        raise ValueError(f"--lr must be > 0, got {args.lr}.")
     device = distributed.setup()
     train, test = load_split(args.dataset, "train"), load_split(args.dataset, "test")
     if args.train_size:
@@ -46,4 +52,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    cli(main)
