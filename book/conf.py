@@ -1,0 +1,23 @@
+"""Sphinx configuration of the course website: `make book` (python -m indistill_lab.viz.static_site) stages the
+stored notebooks with their figures and sliders and builds them with this file; nothing is executed."""
+project = "indistill_lab"
+author = "indistill_lab"
+extensions = ["myst_nb"]
+
+# The stored notebooks are rendered as they are: never executed, no widget manager from a CDN.
+nb_execution_mode = "off"
+nb_ipywidgets_js = {}
+# Math stays as its TeX source ($...$): MathJax is not served locally yet (jupyter-server-mathjax's MathJax 2
+# loaded from file:// typeset nothing in chromium), and the site loads nothing from a CDN.
+myst_heading_anchors = 3
+
+html_theme = "alabaster"
+html_title = "indistill_lab: distillation and pruning, notebook by notebook"
+html_theme_options = {"page_width": "1180px", "sidebar_width": "230px", "show_relbars": True}
+html_static_path = ["_static"]
+# plotly.min.js is copied into _static by the build (from the plotly package): the site fetches nothing from
+# the network.
+html_js_files = ["plotly.min.js", "indistill.js"]
+html_css_files = ["indistill.css"]
+html_copy_source = False
+html_show_sourcelink = False
