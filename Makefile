@@ -13,7 +13,7 @@ LAB_FLAGS ?= $(if $(or $(DISPLAY),$(filter Darwin,$(shell uname -s))),,--no-brow
 DEBIAN_FASHION := /usr/share/datasets/fashion-mnist
 RAW_FASHION := data/FashionMNIST/raw/train-images-idx3-ubyte
 
-.PHONY: lab test browser-test solutions-test setup data chromium notebooks finish clean-venv
+.PHONY: lab test browser-test solutions-test setup data chromium notebooks finish clean-venv book book-test
 .DEFAULT_GOAL := lab
 
 # Reinstalled only when pyproject.toml changes (the stamp is newer otherwise).
@@ -69,6 +69,20 @@ finish: setup chromium
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The course as a static website, from the stored notebooks (nothing executed): book/_build/html/index.html.
+# Installs the `book` extra (Sphinx, MyST-NB) once; the sliders' states are computed from the zoo and the data.
+$(VENV)/.book-installed: pyproject.toml $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[book]' $(TORCH_SPEC)
+	touch $@
+
+book: data $(VENV)/.book-installed
+	$(PY) -m indistill_lab.viz.static_site
+
+# The built site opened offline in chromium: every page, figure, slider and link (tests/test_book.py; about 40 s
+# on a loaded 2-core machine after the build, so not part of `make test`).
+book-test: book chromium
+	$(PY) -m pytest -q -rs -p no:cacheprovider tests/test_book.py
 
 # Every notebook through the real browser (make test runs a sample: see tests/test_browser.py).
 browser-test: data chromium

@@ -34,6 +34,9 @@ BOOK_DIR = REPO_ROOT / "book"
 DEFAULT_OUT = BOOK_DIR / "_build"
 PLOTLY = "application/vnd.plotly.v1+json"
 PNG = "image/png"
+STAMP = ".indistill-built"
+"""Touched in the html folder at the end of each build (Sphinx rewrites only changed pages): tests/test_book.py
+rebuilds a site older than its sources."""
 
 
 def figure_html(bundle: dict[str, Any]) -> str:
@@ -110,6 +113,7 @@ def build(out: Path = DEFAULT_OUT, notebooks: Sequence[Path] | None = None, slid
     shutil.copy2(plotly_js(), static / "plotly.min.js")
     for name, state in states.items():
         _write_if_changed(static / "sliders" / f"{name}.js", slider_script(name, state))
+    (site / STAMP).touch()
     return site
 
 
