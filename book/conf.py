@@ -7,13 +7,17 @@ extensions = ["myst_nb"]
 # The stored notebooks are rendered as they are: never executed, no widget manager from a CDN.
 nb_execution_mode = "off"
 nb_ipywidgets_js = {}
+# Markdown outputs (the notebooks' tables from report.markdown_table) are parsed as MyST, which has pipe tables.
+nb_render_markdown_format = "myst"
 # Math stays as its TeX source ($...$): MathJax is not served locally yet (jupyter-server-mathjax's MathJax 2
 # loaded from file:// typeset nothing in chromium), and the site loads nothing from a CDN.
 myst_heading_anchors = 3
 
 html_theme = "alabaster"
 html_title = "indistill_lab: distillation and pruning, notebook by notebook"
-html_theme_options = {"page_width": "1180px", "sidebar_width": "230px", "show_relbars": True}
+# A body as wide as a notebook's output area (900 px figures, the width of their stored PNGs).
+html_theme_options = {"page_width": "1260px", "sidebar_width": "230px", "body_max_width": "960px",
+                      "show_relbars": True}
 html_static_path = ["_static"]
 # plotly.min.js is copied into _static by the build (from the plotly package): the site fetches nothing from
 # the network.
