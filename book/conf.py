@@ -9,8 +9,7 @@ nb_execution_mode = "off"
 nb_ipywidgets_js = {}
 # Markdown outputs (the notebooks' tables from report.markdown_table) are parsed as MyST, which has pipe tables.
 nb_render_markdown_format = "myst"
-# Math stays as its TeX source ($...$): MathJax is not served locally yet (jupyter-server-mathjax's MathJax 2
-# loaded from file:// typeset nothing in chromium), and the site loads nothing from a CDN.
+myst_enable_extensions = ["dollarmath", "amsmath"]
 myst_heading_anchors = 3
 
 html_theme = "alabaster"
@@ -19,9 +18,10 @@ html_title = "indistill_lab: distillation and pruning, notebook by notebook"
 html_theme_options = {"page_width": "1260px", "sidebar_width": "230px", "body_max_width": "960px",
                       "show_relbars": True}
 html_static_path = ["_static"]
-# plotly.min.js is copied into _static by the build (from the plotly package): the site fetches nothing from
-# the network.
+# plotly.min.js (from the plotly package) and MathJax 3's self-contained tex-svg.js (from the
+# sphinx-mathjax-offline package) are copied into _static by the build: the site fetches nothing from the network.
 html_js_files = ["plotly.min.js", "indistill.js"]
 html_css_files = ["indistill.css"]
+mathjax_path = "mathjax/tex-svg.js"
 html_copy_source = False
 html_show_sourcelink = False

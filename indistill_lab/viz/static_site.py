@@ -8,8 +8,8 @@ notebooks (the stored files are only read). In each copy every stored plotly fig
 site's own `indistill.js` draws with a local plotly.js (the one bundled with the `plotly` package), showing the
 stored PNG until then and wherever plotly.js cannot run; and after each explorer cell listed in
 `site_explorers.SITE_EXPLORERS` comes a client-side slider over the explorer's states, computed here. No file
-of the site is fetched from the network: plotly.js and the sliders' states are in the site's _static folder.
-Math is shown as its TeX source (no MathJax is served locally yet).
+of the site is fetched from the network: plotly.js, MathJax (one file, from the `sphinx-mathjax-offline` package)
+and the sliders' states are in the site's _static folder.
 """
 from __future__ import annotations
 
@@ -88,6 +88,21 @@ def _write_if_changed(path: Path, text: str) -> None:
         path.write_text(text, encoding="utf-8")
 
 
+def mathjax_js() -> Path:
+    """MathJax 3's tex-svg.js (one file: TeX input, SVG output with its fonts inside) as the `sphinx-mathjax-offline`
+    package ships it."""
+    from importlib.metadata import PackageNotFoundError, files
+
+    try:
+        found = [f.locate() for f in files("sphinx-mathjax-offline") or () if f.name == "tex-svg.js"]
+    except PackageNotFoundError:
+        found = []
+    if not found:
+        raise FileNotFoundError("MathJax for the site (the sphinx-mathjax-offline package, in the `book` extra) is "
+                                "not installed: pip install -e '.[book]' (or make book).")
+    return Path(found[0])
+
+
 def build(out: Path = DEFAULT_OUT, notebooks: Sequence[Path] | None = None, sliders: bool = True) -> Path:
     """Build the site into `out`/html (staged sources in `out`/src) and return the html folder."""
     from sphinx.cmd.build import build_main
@@ -111,6 +126,8 @@ def build(out: Path = DEFAULT_OUT, notebooks: Sequence[Path] | None = None, slid
         raise RuntimeError(f"sphinx-build failed (status {status}); its messages are above.")
     static = site / "_static"
     shutil.copy2(plotly_js(), static / "plotly.min.js")
+    (static / "mathjax").mkdir(exist_ok=True)
+    shutil.copy2(mathjax_js(), static / "mathjax" / "tex-svg.js")
     for name, state in states.items():
         _write_if_changed(static / "sliders" / f"{name}.js", slider_script(name, state))
     (site / STAMP).touch()
