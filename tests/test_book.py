@@ -1,10 +1,10 @@
 """The course website (`make book`) opened offline in chromium, page by page: every figure draws (a plotly
 figure with traces, or its stored PNG), every client-side slider redraws when each of its controls moves, no
-console errors, no request leaves the machine (everything that is not file:// is aborted and counted), and every
+console errors, every formula typeset by MathJax, no request leaves the machine (everything that is not file:// is aborted and counted), and every
 internal link points at a page (and anchor) of the site.
 
 Uses the built site when it is newer than the notebooks and the site's sources (`make book-test` builds it
-first), and builds it into a temporary folder otherwise. Skipped, with the reason, without the `book` extra,
+first), or the one named by INDISTILL_BOOK_SITE, and builds it into a temporary folder otherwise. Skipped, with the reason, without the `book` extra,
 Playwright or chromium.
 """
 from __future__ import annotations
@@ -23,6 +23,7 @@ PLOTLY = "application/vnd.plotly.v1+json"
 
 REPO = Path(__file__).resolve().parents[1]
 BUILT = REPO / "book" / "_build" / "html"
+GIVEN = os.environ.get("INDISTILL_BOOK_SITE")  # a built site's html folder to test as it is
 SOURCES = [*(REPO / "notebooks").glob("*.ipynb"), *(REPO / "book").glob("*.*"), *(REPO / "book" / "_static").glob("*"),
            *(REPO / "indistill_lab" / "viz").glob("s*.py")]
 CHROMIUM = Path(os.environ.get("INDISTILL_CHROMIUM", "/usr/bin/chromium"))
@@ -55,6 +56,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("sphinx", reason="book test SKIPPED: the `book` extra is not installed (make book installs "
                                          "it; or pip install -e '.[book]')")
     pytest.importorskip("myst_nb", reason="book test SKIPPED: myst-nb (the `book` extra) is not installed (make book)")
+    if GIVEN:
+        return Path(GIVEN)
     if not _stale(BUILT):
         return BUILT
     from indistill_lab.viz.static_site import build
@@ -79,7 +82,9 @@ def _ids(page_file: Path) -> set[str]:
     return set(re.findall(r'\bid="([^"]+)"', page_file.read_text(encoding="utf-8")))
 
 
-def test_every_page_draws_offline_its_sliders_redraw_and_its_links_resolve(site: Path, browser) -> None:
+def test_every_page_draws_offline_its_sliders_redraw_and_its_links_resolve(browser, site: Path) -> None:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     pages = sorted(site.glob("*.html"))
     lessons = {p.stem for p in pages}
     missing = [nb.stem for nb in (REPO / "notebooks").glob("*.ipynb") if nb.stem not in lessons]
@@ -106,6 +111,10 @@ def test_every_page_draws_offline_its_sliders_redraw_and_its_links_resolve(site:
                                "h.classList.contains('drawn') || h.querySelector('img')) && [...document"
                                ".querySelectorAll('.indistill-slider')].every(h => h.dataset.frame !== undefined)",
                                timeout=30_000)
+        try:  # MathJax typesets each formula (span.math, div.math) into an mjx-container, after the page loaded
+            page.wait_for_function("() => !document.querySelector('.math:not(:has(mjx-container))')", timeout=20_000)
+        except PlaywrightTimeout:
+            problems.append(f"{path.name}: math left as TeX source (MathJax did not typeset it)")
         for figure in page.evaluate(FIGURES_JS):
             figures += 1
             if not (figure["plotly"] or figure["png"]):
