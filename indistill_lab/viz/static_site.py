@@ -73,11 +73,9 @@ def stage_notebook(nb: nbformat.NotebookNode, explorers: Sequence[SiteExplorer] 
                 output["data"] = {"text/html": figure_html(data), "text/plain": data.get("text/plain", "figure")}
     for explorer in sorted(explorers, key=lambda e: -_explorer_cell(nb, e)):  # from the end: indices stay valid
         source = f"{explorer.intro}\n\n```{{raw}} html\n{slider_markup(explorer.name)}```\n"
-        nb.cells.insert(_explorer_cell(nb, explorer) + 1,
-                        nbformat.v4.new_markdown_cell(source, metadata={"tags": ["site-slider"]}))
-    for cell in nb.cells:
-        cell.pop("id", None)  # inserted cells and stored ones never clash
-    nb.nbformat_minor = min(nb.nbformat_minor, 4)
+        cell = nbformat.v4.new_markdown_cell(source, metadata={"tags": ["site-slider"]})
+        cell.id = f"site-slider-{explorer.name}"  # the same staged file every build (Sphinx skips unchanged pages)
+        nb.cells.insert(_explorer_cell(nb, explorer) + 1, cell)
     return nb
 
 
