@@ -62,6 +62,15 @@ def test_surviving_channels_heatmap_rows_are_layer_names():
     heatmap = next(t for t in browser_data(explorer)[0] if t["type"] == "heatmap")
     assert list(heatmap["y"]) == list(widths)  # 02: the axis read -0.5 .. 2.5
     assert_browser_draws_the_figure(explorer)
+    # issue 24: the legend (panel 1's curves) gives the mAP panel's colours too; default colours gave it others
+    colours = {(t["xaxis"], t["name"]): t["line"]["color"] for t in browser_data(explorer)[0] if t.get("name")}
+    for name in ("pruned", "pruned + fine-tune"):
+        assert colours[("x", name)] == colours[("x2", name)]
+    assert colours[("x", "pruned")] != colours[("x", "pruned + fine-tune")]
+    # the heatmap's row labels fit between the mAP panel and the heatmap (about 7 px a character at 900 px)
+    layout = explorer.figure.layout
+    gap_px = (layout.xaxis3.domain[0] - layout.xaxis2.domain[1]) * (900 - 60)
+    assert gap_px >= 7 * max(len(path) for path in widths)
 
 
 def deficit_sweep() -> dict:
@@ -116,6 +125,16 @@ def test_curriculum_editor_optimizer_label_is_not_cut():
     assert all(row[0].style.description_width == "60px" for row in editor.rows)  # the sliders stay aligned
 
 
+def test_cka_panels_name_the_models_they_compare():
+    m = torch.eye(2)
+    fig = cka_heatmaps({"aux x student": m, "aux x pruned aux": m}, ["a", "b"], ["a", "b"],
+                       models=[("auxiliary", "student"), ("auxiliary", "pruned auxiliary")])
+    assert fig.layout.xaxis2.title.text == "pruned auxiliary layer"  # 02: it read "student layer"
+    assert fig.layout.yaxis2.title.text == "auxiliary layer" and fig.layout.xaxis.title.text == "student layer"
+    with pytest.raises(ValueError, match="one pair per matrix"):
+        cka_heatmaps({"a": m, "b": m}, ["a", "b"], ["a", "b"], models=[("teacher", "student")])
+
+
 def test_cka_cells_show_two_decimals():
     m = torch.tensor([[0.89, 0.123456], [1.0, 0.0]], dtype=torch.float32)
     fig = cka_heatmaps({"before": m}, ["t1", "t2"], ["s1", "s2"])
@@ -167,3 +186,21 @@ def test_neighbour_titles_put_the_mark_above_the_class_name(tiny_split):
         mark, name = title.split("<br>")
         assert name.split(">")[1].split("<")[0] in tiny_split.info.class_names
         assert ("✓" in mark) == (f">{query_class}<" in name) and ("✓" in mark) != ("✗" in mark)
+
+
+def test_live_figures_load_plotly_after_anywidgets_deadline_once_per_page():
+    """Issue 24 item 2: anywidget drops every message to a model whose module is not loaded 2 s after the model
+    was created; plotly's 5 MB module per figure lost that race under load and left the figure empty. The module
+    a SyncedFigure hands anywidget is small and does nothing in `initialize`; plotly's module travels beside it
+    and is imported once per page, when a view is drawn."""
+    from plotly.basewidget import BaseFigureWidget
+
+    from indistill_lab.viz.common import SyncedFigure
+
+    state = SyncedFigure().get_state()
+    plotly_module = str(BaseFigureWidget._esm)
+    assert len(state["_esm"]) < 2_000 < len(plotly_module)
+    assert state["_plotly_module"] == plotly_module
+    initialize = state["_esm"].split("initialize()", 1)[1].split("\n", 1)[0]
+    assert initialize.strip() == "{},", "initialize must return at once (anywidget's deadline covers it)"
+    assert "globalThis[KEY]" in state["_esm"] and "import(url)" in state["_esm"].split("async render", 1)[0]
