@@ -176,6 +176,25 @@ def test_survival_error_bars_stay_above_zero():
         assert all(low <= mean + 1e-12 for low, mean in zip(bar.error_y.arrayminus, bar.y))
 
 
+def test_survival_title_and_legend_keep_apart():
+    survival = {"L1": {"channels": [0.2, 0.3], "paths": [0.0, 0.1]}}
+    fig = survival_figure(survival, {"L1": {"channels": 0.5, "paths": 0.01}}, 20, title="teacher")
+    assert fig.layout.title.text == "teacher"
+    # 03: the legend sat at y = 1.15, on the title and the panel titles; now it is under the panels
+    assert fig.layout.legend.y < 0 and fig.layout.margin.b >= 80 and fig.layout.margin.t >= 80
+
+
+def test_grad_cam_maps_share_one_shown_colour_scale():
+    from indistill_lab.viz.diagnostics import attribution_maps_figure
+
+    maps = {"teacher": [torch.tensor([[0.0, 2.0], [1.0, 0.5]]), torch.tensor([[0.0, 0.02], [0.01, 0.0]])],
+            "student": [torch.zeros(2, 2), torch.tensor([[3.0, 0.0], [0.0, 6.0]])]}
+    fig = attribution_maps_figure(maps, {"teacher": ["stage1", "stage2"], "student": ["stage1", "stage2"]})
+    assert sum(bool(t.showscale) for t in fig.data) == 1  # 03: no colour scale at all
+    assert all((t.zmin, t.zmax) == (0, 1) for t in fig.data)
+    assert [max(max(row) for row in t.z) for t in fig.data] == [1.0, 1.0, 0.0, 1.0]  # each over its own maximum
+
+
 def test_neighbour_titles_put_the_mark_above_the_class_name(tiny_split):
     explorer = RetrievalExplorer({"student": build_model("student")}, tiny_split, tiny_split, k=4)
     explorer._repr_mimebundle_()
