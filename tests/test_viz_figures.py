@@ -223,3 +223,18 @@ def test_live_figures_load_plotly_after_anywidgets_deadline_once_per_page():
     initialize = state["_esm"].split("initialize()", 1)[1].split("\n", 1)[0]
     assert initialize.strip() == "{},", "initialize must return at once (anywidget's deadline covers it)"
     assert "globalThis[KEY]" in state["_esm"] and "import(url)" in state["_esm"].split("async render", 1)[0]
+
+
+def test_difficulty_bars_name_the_fraction_and_keep_their_titles_apart():
+    from indistill_lab.experiments.difficulty import cached_difficulty
+    from indistill_lab.viz.diagnostics import DifficultyExplorer
+
+    result = cached_difficulty()  # the committed table (read only)
+    explorer = DifficultyExplorer(result, final=Term("act_fc1", "act_fc1", "pkt"), budget=12, total_epochs=20,
+                                  critical_end=12)
+    fraction = result["tables"][str(result["seeds"][0])]["fraction"]
+    titles = [a.text for a in explorer.bars.layout.annotations]
+    assert titles[2] == f"steps until the loss falls<br>to {fraction:g} x its start"  # 05: "the fraction"
+    # 05: one-line titles of ~40 characters over panels a third of the width wide ran into each other
+    assert all(max(len(line) for line in t.split("<br>")) <= 26 for t in titles)
+    assert f"{fraction:g} x the initial loss" in explorer.curves.layout.shapes[0].label.text

@@ -309,8 +309,10 @@ class FlowExplorer(Explorer):
 
 # -- per-layer distillation difficulty (notebook 05) -------------------------------------------------
 
-COLUMN_TITLES = {"nmse": "nMSE at the start (the rule's measure)", "one_minus_cka": "1 - CKA at the start",
-                 "steps": "steps to reach the fraction"}
+COLUMN_TITLES = {"nmse": "nMSE at the start<br>(the rule's measure)", "one_minus_cka": "1 - CKA<br>at the start",
+                 "steps": "steps until the loss falls<br>to {fraction:g} x its start"}
+"""The difficulty bars' panel titles, on two lines each (on one line neighbouring titles ran into each other);
+`{fraction:g}` is filled with the table's target fraction."""
 
 
 class DifficultyExplorer(Explorer):
@@ -341,10 +343,12 @@ class DifficultyExplorer(Explorer):
                                      style={"description_width": "initial"}, layout=widgets.Layout(width="200px"))
         n_pairs = len(first["rows"])
         colours = [PALETTE[i % len(PALETTE)] for i in range(n_pairs)]
-        self.bars = SyncedFigure(make_subplots(rows=1, cols=3, subplot_titles=list(COLUMN_TITLES.values())))
+        titles = [title.format(fraction=first["fraction"]) for title in COLUMN_TITLES.values()]
+        self.bars = SyncedFigure(make_subplots(rows=1, cols=3, subplot_titles=titles))
         for c in range(3):
-            self.bars.add_bar(row=1, col=c + 1, marker_color=colours, showlegend=False, textposition="outside")
-        self.bars.update_layout(height=320, margin=dict(t=50, b=40))
+            self.bars.add_bar(row=1, col=c + 1, marker_color=colours, showlegend=False, textposition="outside",
+                              cliponaxis=False)
+        self.bars.update_layout(height=340, margin=dict(t=70, b=40))
         self.curves = SyncedFigure()
         for i in range(n_pairs):
             self.curves.add_scatter(mode="lines+markers", line=dict(color=colours[i]))
@@ -400,7 +404,8 @@ class DifficultyExplorer(Explorer):
             self.curves.layout.xaxis.range = [0, full]
             self.curves.layout.shapes = [
                 dict(type="line", xref="paper", x0=0, x1=1, y0=table["fraction"], y1=table["fraction"],
-                     line=dict(dash="dot", color="#888")),
+                     line=dict(dash="dot", color="#888"), label=dict(text=f"target: {table['fraction']:g} x the "
+                     "initial loss", textposition="end", yanchor="bottom", font=dict(size=11, color="#555"))),
                 dict(type="line", yref="paper", x0=n, x1=n, y0=0, y1=1, line=dict(dash="dash", color="#444"))]
         fresh = self._curriculum_figure()
         with self.timeline.batch_update():
