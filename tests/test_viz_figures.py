@@ -162,9 +162,16 @@ def test_live_plot_log_axis_and_validation_panel_only_with_validation_data():
     live.on_batch_end(SimpleNamespace(step=3), {"mse/stage1": 0.5, "loss": 0.5})  # a term of a later phase
     assert [t.name for t in live.figure.data] == ["total", "pkt/act_fc1", "mse/stage1"]
     assert not any(t.xaxis == "x2" for t in live.figure.data) and live.figure.layout.xaxis.domain == (0, 1)
+    relayouts = []
+    send = live.figure._send_update_msg
+    live.figure._send_update_msg = lambda **message: (relayouts.append(message["relayout_data"]), send(**message))
     live.on_epoch_end(SimpleNamespace(step=2), {"epoch": 1, "val_acc": 0.7})
     assert live.figure.data[-1].xaxis == "x2" and live.figure.data[-1].y == (0.7,)
     assert live.figure.layout.xaxis.domain[1] < 1
+    for keys in relayouts:  # 01: "cannot set xaxis2.domain and a parent attribute simultaneously" in plotly.js
+        assert not any(other.startswith(key + ".") for key in keys for other in keys), keys
+    assert live.figure.layout.yaxis2.range == (0, 1)  # 01: one point was drawn on an axis from -0.3 to 1.6
+    assert live.figure.layout.xaxis2.range == (0.5, 1.5) and live.figure.layout.xaxis2.dtick == 1
     assert [t["name"] for t in live.figure._widget_data] == ["total", "pkt/act_fc1", "mse/stage1",
                                                              "validation accuracy"]
 

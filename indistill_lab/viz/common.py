@@ -164,7 +164,13 @@ class LivePlot(Callback):
         self.figure = SyncedFigure()
         self.figure.update_layout(title=title, height=height, margin=dict(t=60, b=30),
                                   xaxis=dict(title_text="step", domain=[0, 1]),
-                                  yaxis=dict(title_text="loss (log scale)", type="log"))
+                                  yaxis=dict(title_text="loss (log scale)", type="log"),
+                                  # the validation panel, shown with its first point: accuracy on 0..1 and whole
+                                  # epochs (one point alone was drawn on an axis from -0.3 to 1.6)
+                                  xaxis2=dict(visible=False, anchor="y2", domain=[0.72, 1], title_text="epoch",
+                                              dtick=1),
+                                  yaxis2=dict(visible=False, anchor="x2", title_text="validation accuracy",
+                                              range=[0, 1], tickformat=".0%"))
         self._pending: dict[str, list[float]] = {}
 
     def _trace(self, key: str) -> go.Scatter:
@@ -172,9 +178,10 @@ class LivePlot(Callback):
             if trace.meta == key:
                 return trace
         if key == "val_acc":
-            self.figure.update_layout(xaxis_domain=[0, 0.62],
-                                      xaxis2=dict(domain=[0.72, 1], anchor="y2", title_text="epoch"),
-                                      yaxis2=dict(anchor="x2", title_text="validation accuracy"))
+            # The panel's axes exist (hidden) from the start: creating them here sent plotly.js "xaxis2" whole and
+            # "xaxis2.domain" in one relayout ("cannot set xaxis2.domain and a parent attribute simultaneously").
+            self.figure.update_layout(xaxis_domain=[0, 0.62], xaxis2_domain=[0.72, 1], xaxis2_visible=True,
+                                      yaxis2_visible=True)
             self.figure.add_scatter(x=[], y=[], name="validation accuracy", meta=key, mode="lines+markers",
                                     xaxis="x2", yaxis="y2")
         elif key == "loss":
@@ -202,9 +209,10 @@ class LivePlot(Callback):
     def on_epoch_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
         if "val_acc" in logs:
             trace = self._trace("val_acc")  # its panel's axes exist in the browser before the trace is drawn
+            epochs = (*trace.x, logs["epoch"])
             with self.figure.batch_update():
-                trace.x = (*trace.x, logs["epoch"])
-                trace.y = (*trace.y, logs["val_acc"])
+                trace.x, trace.y = epochs, (*trace.y, logs["val_acc"])
+                self.figure.layout.xaxis2.range = [min(epochs) - 0.5, max(epochs) + 0.5]
 
 
 def image_grid(images: torch.Tensor, titles: Sequence[str] | None = None, cols: int = 8,
