@@ -43,6 +43,17 @@ def test_results_bars_stand_over_their_method_names():
     assert list(bars["y"]) == pytest.approx([50.5 + i for i in range(len(METHODS))])
     assert set(seeds["x"]) == set(METHODS)
     assert_browser_draws_the_figure(explorer)
+    # 07: bars on an axis from 74.5 (a bar's length was not its value): ticks, and the cut is said
+    assert bars["type"] == "scatter" and bars["mode"] == "markers"
+    bottom = explorer.figure.layout.yaxis.range[0]
+    assert bottom > 0 and f"starts at {bottom:.1f}, not 0" in explorer.figure.layout.yaxis.title.text
+
+
+def test_retrieval_model_dropdown_fits_its_longest_name(tiny_split):
+    name = "student, InDistill (zoo, CPU table seed 0)"  # 07: cut short in the default 300 px
+    explorer = RetrievalExplorer({"student": build_model("student"), name: build_model("student")}, tiny_split,
+                                 tiny_split, k=4)
+    assert int(explorer.model.layout.width.removesuffix("px")) >= 80 + 7 * len(name) + 30
 
 
 def test_precision_recall_step_line_is_drawn_against_recall(tiny_split):
