@@ -165,7 +165,7 @@ def attribution_maps_figure(maps: dict[str, list[Any]], layers: dict[str, list[s
             fig.add_heatmap(z=z.tolist(), colorscale="Inferno", zmin=0, zmax=1, row=i, col=j,
                             showscale=i == 1 and j == 1, hovertemplate="%{z:.2f} of this map's maximum<extra></extra>",
                             colorbar=dict(title=dict(text="share of<br>the map's<br>maximum", font_size=10),
-                                          tickformat=".0%", len=0.9, thickness=12))
+                                          tickformat=".0%", len=0.75, y=0.45, yanchor="middle", thickness=12))
         fig.update_yaxes(title_text=name.replace(" (", "<br>("), title_font_size=10, row=i, col=1)
     fig.update_xaxes(visible=False)
     fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, autorange="reversed")
