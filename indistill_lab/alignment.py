@@ -82,10 +82,15 @@ def _describe(t_path: str, s_path: str, t: tuple[int, ...], s: tuple[int, ...]) 
         return [f"feature ranks differ (teacher {t}, student {s}): pair a conv layer with a conv layer, "
                 "an fc layer with an fc layer, or flatten both and use a connector."]
     problems = []
-    if t[0] != s[0]:
+    if t[0] > s[0]:
         problems.append(
             f"channels differ: teacher {t[0]} vs student {s[0]}. Fix: prune the teacher to the student's "
             f"widths (pruning.prune_to_widths(teacher, student)) so {t_path!r} has {s[0]} channels, "
+            f"or train a connector (1x1 conv {s[0]} -> {t[0]}) on {s_path!r}.")
+    elif t[0] < s[0]:  # pruning only removes channels: it cannot widen the teacher's layer
+        problems.append(
+            f"channels differ: teacher {t[0]} vs student {s[0]}, fewer on the teacher's side, so pruning "
+            f"cannot align them. Fix: pair {s_path!r} with a teacher layer of at least {s[0]} channels, "
             f"or train a connector (1x1 conv {s[0]} -> {t[0]}) on {s_path!r}.")
     if t[1:] != s[1:]:
         size = lambda shape: "x".join(map(str, shape[1:]))  # noqa: E731

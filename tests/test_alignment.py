@@ -73,9 +73,10 @@ def test_validate_spatial_and_rank_mismatch() -> None:
     model = build_model("student")
     checks = check(model, model, LayerMap.from_pairs([("stage1", "stage2"), ("stage3", "act_fc1")]), SHAPE)
     assert checks[0].problems == [
-        "channels differ: teacher 8 vs student 16. Fix: prune the teacher to the student's widths "
-        "(pruning.prune_to_widths(teacher, student)) so 'stage1' has 16 channels, or train a connector "
-        "(1x1 conv 16 -> 8) on 'stage2'.",
+        # issue 24: pruning 8 channels "to 16" was the first fix offered; pruning only removes channels
+        "channels differ: teacher 8 vs student 16, fewer on the teacher's side, so pruning cannot align them. "
+        "Fix: pair 'stage2' with a teacher layer of at least 16 channels, or train a connector (1x1 conv 16 -> 8) "
+        "on 'stage2'.",
         "spatial size differs: teacher 14x14 vs student 7x7. Fix: pair layers at the same resolution "
         "(match_by_resolution), or resize one side (pooling / interpolation connector).",
     ]

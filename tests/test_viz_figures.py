@@ -43,6 +43,17 @@ def test_results_bars_stand_over_their_method_names():
     assert list(bars["y"]) == pytest.approx([50.5 + i for i in range(len(METHODS))])
     assert set(seeds["x"]) == set(METHODS)
     assert_browser_draws_the_figure(explorer)
+    # 07: bars on an axis from 74.5 (a bar's length was not its value): ticks, and the cut is said
+    assert bars["type"] == "scatter" and bars["mode"] == "markers"
+    bottom = explorer.figure.layout.yaxis.range[0]
+    assert bottom > 0 and f"starts at {bottom:.1f}, not 0" in explorer.figure.layout.yaxis.title.text
+
+
+def test_retrieval_model_dropdown_fits_its_longest_name(tiny_split):
+    name = "student, InDistill (zoo, CPU table seed 0)"  # 07: cut short in the default 300 px
+    explorer = RetrievalExplorer({"student": build_model("student"), name: build_model("student")}, tiny_split,
+                                 tiny_split, k=4)
+    assert int(explorer.model.layout.width.removesuffix("px")) >= 80 + 7 * len(name) + 30
 
 
 def test_precision_recall_step_line_is_drawn_against_recall(tiny_split):
@@ -62,6 +73,15 @@ def test_surviving_channels_heatmap_rows_are_layer_names():
     heatmap = next(t for t in browser_data(explorer)[0] if t["type"] == "heatmap")
     assert list(heatmap["y"]) == list(widths)  # 02: the axis read -0.5 .. 2.5
     assert_browser_draws_the_figure(explorer)
+    # issue 24: the legend (panel 1's curves) gives the mAP panel's colours too; default colours gave it others
+    colours = {(t["xaxis"], t["name"]): t["line"]["color"] for t in browser_data(explorer)[0] if t.get("name")}
+    for name in ("pruned", "pruned + fine-tune"):
+        assert colours[("x", name)] == colours[("x2", name)]
+    assert colours[("x", "pruned")] != colours[("x", "pruned + fine-tune")]
+    # the heatmap's row labels fit between the mAP panel and the heatmap (about 7 px a character at 900 px)
+    layout = explorer.figure.layout
+    gap_px = (layout.xaxis3.domain[0] - layout.xaxis2.domain[1]) * (900 - 60)
+    assert gap_px >= 7 * max(len(path) for path in widths)
 
 
 def deficit_sweep() -> dict:
@@ -116,6 +136,16 @@ def test_curriculum_editor_optimizer_label_is_not_cut():
     assert all(row[0].style.description_width == "60px" for row in editor.rows)  # the sliders stay aligned
 
 
+def test_cka_panels_name_the_models_they_compare():
+    m = torch.eye(2)
+    fig = cka_heatmaps({"aux x student": m, "aux x pruned aux": m}, ["a", "b"], ["a", "b"],
+                       models=[("auxiliary", "student"), ("auxiliary", "pruned auxiliary")])
+    assert fig.layout.xaxis2.title.text == "pruned auxiliary layer"  # 02: it read "student layer"
+    assert fig.layout.yaxis2.title.text == "auxiliary layer" and fig.layout.xaxis.title.text == "student layer"
+    with pytest.raises(ValueError, match="one pair per matrix"):
+        cka_heatmaps({"a": m, "b": m}, ["a", "b"], ["a", "b"], models=[("teacher", "student")])
+
+
 def test_cka_cells_show_two_decimals():
     m = torch.tensor([[0.89, 0.123456], [1.0, 0.0]], dtype=torch.float32)
     fig = cka_heatmaps({"before": m}, ["t1", "t2"], ["s1", "s2"])
@@ -143,9 +173,16 @@ def test_live_plot_log_axis_and_validation_panel_only_with_validation_data():
     live.on_batch_end(SimpleNamespace(step=3), {"mse/stage1": 0.5, "loss": 0.5})  # a term of a later phase
     assert [t.name for t in live.figure.data] == ["total", "pkt/act_fc1", "mse/stage1"]
     assert not any(t.xaxis == "x2" for t in live.figure.data) and live.figure.layout.xaxis.domain == (0, 1)
+    relayouts = []
+    send = live.figure._send_update_msg
+    live.figure._send_update_msg = lambda **message: (relayouts.append(message["relayout_data"]), send(**message))
     live.on_epoch_end(SimpleNamespace(step=2), {"epoch": 1, "val_acc": 0.7})
     assert live.figure.data[-1].xaxis == "x2" and live.figure.data[-1].y == (0.7,)
     assert live.figure.layout.xaxis.domain[1] < 1
+    for keys in relayouts:  # 01: "cannot set xaxis2.domain and a parent attribute simultaneously" in plotly.js
+        assert not any(other.startswith(key + ".") for key in keys for other in keys), keys
+    assert live.figure.layout.yaxis2.range == (0, 1)  # 01: one point was drawn on an axis from -0.3 to 1.6
+    assert live.figure.layout.xaxis2.range == (0.5, 1.5) and live.figure.layout.xaxis2.dtick == 1
     assert [t["name"] for t in live.figure._widget_data] == ["total", "pkt/act_fc1", "mse/stage1",
                                                              "validation accuracy"]
 
@@ -155,6 +192,25 @@ def test_survival_error_bars_stay_above_zero():
     fig = survival_figure(survival)
     for bar in fig.data:
         assert all(low <= mean + 1e-12 for low, mean in zip(bar.error_y.arrayminus, bar.y))
+
+
+def test_survival_title_and_legend_keep_apart():
+    survival = {"L1": {"channels": [0.2, 0.3], "paths": [0.0, 0.1]}}
+    fig = survival_figure(survival, {"L1": {"channels": 0.5, "paths": 0.01}}, 20, title="teacher")
+    assert fig.layout.title.text == "teacher"
+    # 03: the legend sat at y = 1.15, on the title and the panel titles; now it is under the panels
+    assert fig.layout.legend.y < 0 and fig.layout.margin.b >= 80 and fig.layout.margin.t >= 80
+
+
+def test_grad_cam_maps_share_one_shown_colour_scale():
+    from indistill_lab.viz.diagnostics import attribution_maps_figure
+
+    maps = {"teacher": [torch.tensor([[0.0, 2.0], [1.0, 0.5]]), torch.tensor([[0.0, 0.02], [0.01, 0.0]])],
+            "student": [torch.zeros(2, 2), torch.tensor([[3.0, 0.0], [0.0, 6.0]])]}
+    fig = attribution_maps_figure(maps, {"teacher": ["stage1", "stage2"], "student": ["stage1", "stage2"]})
+    assert sum(bool(t.showscale) for t in fig.data) == 1  # 03: no colour scale at all
+    assert all((t.zmin, t.zmax) == (0, 1) for t in fig.data)
+    assert [max(max(row) for row in t.z) for t in fig.data] == [1.0, 1.0, 0.0, 1.0]  # each over its own maximum
 
 
 def test_neighbour_titles_put_the_mark_above_the_class_name(tiny_split):
@@ -167,3 +223,36 @@ def test_neighbour_titles_put_the_mark_above_the_class_name(tiny_split):
         mark, name = title.split("<br>")
         assert name.split(">")[1].split("<")[0] in tiny_split.info.class_names
         assert ("✓" in mark) == (f">{query_class}<" in name) and ("✓" in mark) != ("✗" in mark)
+
+
+def test_live_figures_load_plotly_after_anywidgets_deadline_once_per_page():
+    """Issue 24 item 2: anywidget drops every message to a model whose module is not loaded 2 s after the model
+    was created; plotly's 5 MB module per figure lost that race under load and left the figure empty. The module
+    a SyncedFigure hands anywidget is small and does nothing in `initialize`; plotly's module travels beside it
+    and is imported once per page, when a view is drawn."""
+    from plotly.basewidget import BaseFigureWidget
+
+    from indistill_lab.viz.common import SyncedFigure
+
+    state = SyncedFigure().get_state()
+    plotly_module = str(BaseFigureWidget._esm)
+    assert len(state["_esm"]) < 2_000 < len(plotly_module)
+    assert state["_plotly_module"] == plotly_module
+    initialize = state["_esm"].split("initialize()", 1)[1].split("\n", 1)[0]
+    assert initialize.strip() == "{},", "initialize must return at once (anywidget's deadline covers it)"
+    assert "globalThis[KEY]" in state["_esm"] and "import(url)" in state["_esm"].split("async render", 1)[0]
+
+
+def test_difficulty_bars_name_the_fraction_and_keep_their_titles_apart():
+    from indistill_lab.experiments.difficulty import cached_difficulty
+    from indistill_lab.viz.diagnostics import DifficultyExplorer
+
+    result = cached_difficulty()  # the committed table (read only)
+    explorer = DifficultyExplorer(result, final=Term("act_fc1", "act_fc1", "pkt"), budget=12, total_epochs=20,
+                                  critical_end=12)
+    fraction = result["tables"][str(result["seeds"][0])]["fraction"]
+    titles = [a.text for a in explorer.bars.layout.annotations]
+    assert titles[2] == f"steps until the loss falls<br>to {fraction:g} x its start"  # 05: "the fraction"
+    # 05: one-line titles of ~40 characters over panels a third of the width wide ran into each other
+    assert all(max(len(line) for line in t.split("<br>")) <= 26 for t in titles)
+    assert f"{fraction:g} x the initial loss" in explorer.curves.layout.shapes[0].label.text

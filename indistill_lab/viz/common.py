@@ -1,15 +1,19 @@
 """Figures and widgets every notebook uses: renderer set-up, live training curves, image grids."""
 from __future__ import annotations
 
+import hashlib
 import json
 from contextlib import contextmanager
 from copy import deepcopy
+from functools import cache
 from typing import Any, Iterator, Sequence
 
 import ipywidgets as widgets
 import plotly.graph_objects as go
 import plotly.io as pio
 import torch
+import traitlets
+from plotly.basewidget import BaseFigureWidget
 from plotly.subplots import make_subplots
 
 from ..config import quick_mode
@@ -46,9 +50,47 @@ def sync_widget_state(figure: go.FigureWidget) -> None:
     figure._widget_layout = deepcopy(figure._layout_obj._props)
 
 
+@cache
+def _plotly_widget_module() -> str:
+    """The source of plotly's own FigureWidget front end (an ES module of about 5 MB with plotly.js inside)."""
+    return str(BaseFigureWidget._esm)  # anywidget has read the file into a FileContents
+
+
+# The front end of every SyncedFigure: a small module that anywidget loads within its deadline, and that loads
+# plotly's module (sent beside it as `_plotly_module`) when a view is drawn, once per page (cached by digest).
+#
+# Why: anywidget gives each widget model 2 s from its creation to load its module and run `initialize`; past
+# that, `runtime.ready` is rejected and the model drops every later message from the kernel, for good. Plotly's
+# FigureWidget ships its 5 MB module as each model's `_esm`, imported anew for every figure: 3.7-12 s in
+# Chromium at load 11-14 on 2 cores (measured, notebook 03). A figure whose module lost that race was drawn from
+# the state it had when created (empty) and ignored every redraw (issue 24, item 2).
+_FRONT_END = """
+const KEY = "__indistill_plotly_widget_DIGEST";
+function plotlyWidget(model) {
+  if (!globalThis[KEY]) {
+    const url = URL.createObjectURL(new Blob([model.get("_plotly_module")], {type: "text/javascript"}));
+    globalThis[KEY] = import(url).finally(() => URL.revokeObjectURL(url));
+  }
+  return globalThis[KEY];
+}
+export default {
+  initialize() {},
+  async render({ model, el }) {
+    const widget = (await plotlyWidget(model)).default();
+    widget.initialize({ model });
+    return widget.render({ model, el });
+  },
+};
+"""
+
+
 class SyncedFigure(go.FigureWidget):
     """A FigureWidget whose synced state is re-sent whole after every `batch_update` (see
-    `sync_widget_state`), so a view created later, or a stored widget state, shows the current figure."""
+    `sync_widget_state`), so a view created later, or a stored widget state, shows the current figure; its
+    front end loads plotly's module when it draws, not within anywidget's deadline (see `_FRONT_END`)."""
+
+    _esm = _FRONT_END.replace("DIGEST", hashlib.sha256(_plotly_widget_module().encode()).hexdigest()[:16])
+    _plotly_module = traitlets.Unicode(_plotly_widget_module()).tag(sync=True)
 
     @contextmanager
     def batch_update(self) -> Iterator[None]:
@@ -122,7 +164,13 @@ class LivePlot(Callback):
         self.figure = SyncedFigure()
         self.figure.update_layout(title=title, height=height, margin=dict(t=60, b=30),
                                   xaxis=dict(title_text="step", domain=[0, 1]),
-                                  yaxis=dict(title_text="loss (log scale)", type="log"))
+                                  yaxis=dict(title_text="loss (log scale)", type="log"),
+                                  # the validation panel, shown with its first point: accuracy on 0..1 and whole
+                                  # epochs (one point alone was drawn on an axis from -0.3 to 1.6)
+                                  xaxis2=dict(visible=False, anchor="y2", domain=[0.72, 1], title_text="epoch",
+                                              dtick=1),
+                                  yaxis2=dict(visible=False, anchor="x2", title_text="validation accuracy",
+                                              range=[0, 1], tickformat=".0%"))
         self._pending: dict[str, list[float]] = {}
 
     def _trace(self, key: str) -> go.Scatter:
@@ -130,9 +178,10 @@ class LivePlot(Callback):
             if trace.meta == key:
                 return trace
         if key == "val_acc":
-            self.figure.update_layout(xaxis_domain=[0, 0.62],
-                                      xaxis2=dict(domain=[0.72, 1], anchor="y2", title_text="epoch"),
-                                      yaxis2=dict(anchor="x2", title_text="validation accuracy"))
+            # The panel's axes exist (hidden) from the start: creating them here sent plotly.js "xaxis2" whole and
+            # "xaxis2.domain" in one relayout ("cannot set xaxis2.domain and a parent attribute simultaneously").
+            self.figure.update_layout(xaxis_domain=[0, 0.62], xaxis2_domain=[0.72, 1], xaxis2_visible=True,
+                                      yaxis2_visible=True)
             self.figure.add_scatter(x=[], y=[], name="validation accuracy", meta=key, mode="lines+markers",
                                     xaxis="x2", yaxis="y2")
         elif key == "loss":
@@ -160,9 +209,10 @@ class LivePlot(Callback):
     def on_epoch_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
         if "val_acc" in logs:
             trace = self._trace("val_acc")  # its panel's axes exist in the browser before the trace is drawn
+            epochs = (*trace.x, logs["epoch"])
             with self.figure.batch_update():
-                trace.x = (*trace.x, logs["epoch"])
-                trace.y = (*trace.y, logs["val_acc"])
+                trace.x, trace.y = epochs, (*trace.y, logs["val_acc"])
+                self.figure.layout.xaxis2.range = [min(epochs) - 0.5, max(epochs) + 0.5]
 
 
 def image_grid(images: torch.Tensor, titles: Sequence[str] | None = None, cols: int = 8,

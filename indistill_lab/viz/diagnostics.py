@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import ipywidgets as widgets
+import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -150,27 +151,35 @@ def _rgba(hex_colour: str, alpha: float) -> str:
 
 def attribution_maps_figure(maps: dict[str, list[Any]], layers: dict[str, list[str]], height_per_model: int = 150
                             ) -> go.Figure:
-    """Grad-CAM maps per layer (columns) for each model (rows): name -> list of 2-D arrays."""
+    """Grad-CAM maps per layer (columns) for each model (rows): name -> list of 2-D arrays, each drawn as a share
+    of its own maximum on one colour scale (shown beside the figure)."""
     cols = max(len(m) for m in maps.values())
     titles = [_short(layer) for name in maps for layer in layers[name] + [""] * (cols - len(layers[name]))]
     fig = make_subplots(rows=len(maps), cols=cols, subplot_titles=titles, horizontal_spacing=0.02,
                         vertical_spacing=0.12)
     for i, (name, model_maps) in enumerate(maps.items(), start=1):
         for j, m in enumerate(model_maps, start=1):
-            fig.add_heatmap(z=m, colorscale="Inferno", showscale=False, row=i, col=j)
+            # each map over its own maximum: Grad-CAM's scale differs from layer to layer, its shape is the message
+            z = np.asarray(m, dtype=float)
+            z = z / z.max() if z.max() > 0 else z
+            fig.add_heatmap(z=z.tolist(), colorscale="Inferno", zmin=0, zmax=1, row=i, col=j,
+                            showscale=i == 1 and j == 1, hovertemplate="%{z:.2f} of this map's maximum<extra></extra>",
+                            colorbar=dict(title=dict(text="share of<br>the map's<br>maximum", font_size=10),
+                                          tickformat=".0%", len=0.75, y=0.45, yanchor="middle", thickness=12))
         fig.update_yaxes(title_text=name.replace(" (", "<br>("), title_font_size=10, row=i, col=1)
     fig.update_xaxes(visible=False)
     fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, autorange="reversed")
-    fig.update_layout(height=height_per_model * len(maps) + 40, margin=dict(l=60, r=10, t=40, b=10))
+    fig.update_layout(height=height_per_model * len(maps) + 40, margin=dict(l=60, r=80, t=40, b=10))
     fig.update_annotations(font_size=10)
     return fig
 
 
 def survival_figure(survival: dict[str, dict[str, list[float]]], chance: dict[str, dict[str, float]] | None = None,
-                    n_paths: int | None = None) -> go.Figure:
+                    n_paths: int | None = None, title: str | None = None) -> go.Figure:
     """Per pruning criterion: the share of the teacher's top paths' channels that is kept (left) and the share
     of whole paths kept (right); mean over inputs with standard deviation, chance level in red.
-    `survival` and `chance` are `experiments.flow_paths.cached_path_survival()`'s entries."""
+    `survival` and `chance` are `experiments.flow_paths.cached_path_survival()`'s entries; `title` (the model)
+    stands above the panel titles, the legend below the panels (above them, the two collided)."""
     names = list(survival)
     top = f"top {n_paths} " if n_paths else "top "
     fig = make_subplots(rows=1, cols=2, subplot_titles=(f"channels of the teacher's {top}paths kept",
@@ -189,7 +198,8 @@ def survival_figure(survival: dict[str, dict[str, list[float]]], chance: dict[st
                             name="chance (random channels)", showlegend=col == 1)
         fig.update_yaxes(tickformat=".0%", rangemode="tozero", row=1, col=col)
     fig.update_xaxes(title_text="criterion (pruned to the student's widths)")
-    fig.update_layout(height=400, margin=dict(t=50, b=40), legend=dict(orientation="h", y=1.15))
+    fig.update_layout(title=title, height=440, margin=dict(t=90 if title else 50, b=90),
+                      legend=dict(orientation="h", y=-0.25, x=0.5, xanchor="center", yanchor="top"))
     return fig
 
 
@@ -299,8 +309,10 @@ class FlowExplorer(Explorer):
 
 # -- per-layer distillation difficulty (notebook 05) -------------------------------------------------
 
-COLUMN_TITLES = {"nmse": "nMSE at the start (the rule's measure)", "one_minus_cka": "1 - CKA at the start",
-                 "steps": "steps to reach the fraction"}
+COLUMN_TITLES = {"nmse": "nMSE at the start<br>(the rule's measure)", "one_minus_cka": "1 - CKA<br>at the start",
+                 "steps": "steps until the loss falls<br>to {fraction:g} x its start"}
+"""The difficulty bars' panel titles, on two lines each (on one line neighbouring titles ran into each other);
+`{fraction:g}` is filled with the table's target fraction."""
 
 
 class DifficultyExplorer(Explorer):
@@ -331,10 +343,12 @@ class DifficultyExplorer(Explorer):
                                      style={"description_width": "initial"}, layout=widgets.Layout(width="200px"))
         n_pairs = len(first["rows"])
         colours = [PALETTE[i % len(PALETTE)] for i in range(n_pairs)]
-        self.bars = SyncedFigure(make_subplots(rows=1, cols=3, subplot_titles=list(COLUMN_TITLES.values())))
+        titles = [title.format(fraction=first["fraction"]) for title in COLUMN_TITLES.values()]
+        self.bars = SyncedFigure(make_subplots(rows=1, cols=3, subplot_titles=titles))
         for c in range(3):
-            self.bars.add_bar(row=1, col=c + 1, marker_color=colours, showlegend=False, textposition="outside")
-        self.bars.update_layout(height=320, margin=dict(t=50, b=40))
+            self.bars.add_bar(row=1, col=c + 1, marker_color=colours, showlegend=False, textposition="outside",
+                              cliponaxis=False)
+        self.bars.update_layout(height=340, margin=dict(t=70, b=40))
         self.curves = SyncedFigure()
         for i in range(n_pairs):
             self.curves.add_scatter(mode="lines+markers", line=dict(color=colours[i]))
@@ -390,7 +404,8 @@ class DifficultyExplorer(Explorer):
             self.curves.layout.xaxis.range = [0, full]
             self.curves.layout.shapes = [
                 dict(type="line", xref="paper", x0=0, x1=1, y0=table["fraction"], y1=table["fraction"],
-                     line=dict(dash="dot", color="#888")),
+                     line=dict(dash="dot", color="#888"), label=dict(text=f"target: {table['fraction']:g} x the "
+                     "initial loss", textposition="end", yanchor="bottom", font=dict(size=11, color="#555"))),
                 dict(type="line", yref="paper", x0=n, x1=n, y0=0, y1=1, line=dict(dash="dash", color="#444"))]
         fresh = self._curriculum_figure()
         with self.timeline.batch_update():

@@ -55,20 +55,36 @@ def filters_kept_and_removed(conv: nn.Conv2d, kept: Sequence[int], scores: torch
 
 
 def cka_heatmaps(matrices: Mapping[str, torch.Tensor], teacher_labels: Sequence[str],
-                 student_labels: Sequence[str]) -> go.Figure:
-    """Side-by-side CKA matrices (rows teacher layers, columns student layers), values printed."""
-    fig = make_subplots(rows=1, cols=len(matrices), subplot_titles=list(matrices), horizontal_spacing=0.12)
-    for c, m in enumerate(matrices.values(), start=1):
+                 student_labels: Sequence[str],
+                 models: Sequence[tuple[str, str]] | None = None) -> go.Figure:
+    """Side-by-side CKA matrices, values printed: rows are the layers of one model, columns of the other.
+
+    `models` names each panel's (rows, columns) models for its axis titles ("auxiliary layer", ...): a panel
+    that compares the auxiliary with its pruned copy must not be labelled teacher x student. By default every
+    panel is teacher (rows) x student (columns).
+    """
+    models = list(models) if models is not None else [("teacher", "student")] * len(matrices)
+    if len(models) != len(matrices):
+        raise ValueError(f"{len(matrices)} CKA matrices but {len(models)} (rows, columns) model names: pass one "
+                         "pair per matrix, e.g. models=[('auxiliary', 'student'), ...].")
+    fig = make_subplots(rows=1, cols=len(matrices), subplot_titles=list(matrices), horizontal_spacing=0.1)
+    for c, (m, (rows, cols)) in enumerate(zip(matrices.values(), models), start=1):
         z = m.detach().cpu().numpy()
         fig.add_trace(go.Heatmap(z=z, x=list(student_labels), y=list(teacher_labels), zmin=0, zmax=1,
                                  colorscale="Viridis", text=[[f"{v:.2f}" for v in row] for row in z],
-                                 texttemplate="%{text}",
-                                 showscale=c == len(matrices)), row=1, col=c)
-        fig.update_yaxes(autorange="reversed", row=1, col=c)
-        fig.update_xaxes(title_text="student layer", row=1, col=c)
-    fig.update_yaxes(title_text="teacher layer", row=1, col=1)
+                                 texttemplate="%{text}", hovertemplate=f"{rows} %{{y}} x {cols} %{{x}}: "
+                                 "CKA %{z:.3f}<extra></extra>",
+                                 showscale=c == len(matrices), colorbar=dict(title="CKA")), row=1, col=c)
+        fig.update_yaxes(autorange="reversed", title_text=f"{rows} layer", title_standoff=4, row=1, col=c)
+        fig.update_xaxes(title_text=f"{cols} layer", row=1, col=c)
     fig.update_layout(height=380, margin=dict(l=80, r=20, t=60, b=60))
     return fig
+
+
+SWEEP_COLOURS = {"pruned": "#4c78a8", "pruned + fine-tune": "#e45756"}
+SWEEP_PANEL_GAP = 0.12
+"""Gap between the sweep's panels, as a share of the plot width: about 100 px of a 900 px figure, room for the
+channel heatmap's row labels (12 characters of 11 px type) beside the mAP panel."""
 
 
 class SweepExplorer(Explorer):
@@ -92,19 +108,21 @@ class SweepExplorer(Explorer):
         self.button = widgets.Button(description="fresh run", icon="refresh", disabled=fresh_run is None,
                                      layout=widgets.Layout(width="auto"))
         self.status = widgets.HTML()
+        # The channel heatmap's row labels ("stage3.conv1") need a wider gap than plotly's default spacing.
         self.figure = SyncedFigure(make_subplots(
-            rows=1, cols=3, column_widths=[0.27, 0.27, 0.46],
+            rows=1, cols=3, column_widths=[0.27, 0.27, 0.46], horizontal_spacing=SWEEP_PANEL_GAP,
             subplot_titles=("test accuracy", "retrieval mAP (11-pt, e)", "surviving channels")))
         for col, key in ((1, "acc"), (2, "map")):
             for suffix, name, dash in (("", "pruned", "dot"), ("_ft", "pruned + fine-tune", "solid")):
-                self.figure.add_scatter(x=[], y=[], name=name, mode="lines+markers", line=dict(dash=dash),
-                                        legendgroup=name, showlegend=col == 1, row=1, col=col,
-                                        meta=key + suffix)
+                # one colour per curve kind in both panels: the legend (drawn from panel 1) reads for both
+                self.figure.add_scatter(x=[], y=[], name=name, mode="lines+markers",
+                                        line=dict(dash=dash, color=SWEEP_COLOURS[name]), legendgroup=name,
+                                        showlegend=col == 1, row=1, col=col, meta=key + suffix)
             self.figure.add_scatter(x=[], y=[], mode="markers", marker=dict(size=14, symbol="circle-open",
                                     color="black"), showlegend=False, row=1, col=col, meta=key + "_now")
         self.figure.add_heatmap(z=[[0]], y=list(self.widths), colorscale=[[0, "#f1d4d4"], [1, "#1f4e79"]],
                                 zmin=0, zmax=1, showscale=False, xgap=1, ygap=2, row=1, col=3)
-        self.figure.update_yaxes(autorange="reversed", row=1, col=3)
+        self.figure.update_yaxes(autorange="reversed", tickfont_size=11, row=1, col=3)
         self.figure.update_xaxes(title_text="pruning ratio", row=1, col=1)
         self.figure.update_xaxes(title_text="pruning ratio", row=1, col=2)
         self.figure.update_layout(height=380, margin=dict(l=40, r=20, t=60, b=50),

@@ -39,7 +39,10 @@ class RetrievalExplorer(Explorer):
         self._feats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         names = queries.info.class_names
         self.query = widgets.IntSlider(0, 0, len(queries) - 1, description="query #", continuous_update=False)
-        self.model = widgets.Dropdown(options=list(models), description="model")
+        # as wide as its longest name (about 8 px a character, the 80 px label and the arrow): at the default
+        # 300 px "student, InDistill (zoo, CPU table seed 0)" was cut short (07)
+        self.model = widgets.Dropdown(options=list(models), description="model", layout=widgets.Layout(
+            width=f"{max(300, 8 * max(len(name) for name in models) + 130)}px"))
         self.distance = widgets.ToggleButtons(options=["euclidean", "cosine"], description="distance",
                                               style={"button_width": "auto"})
         self.summary = widgets.HTML()
