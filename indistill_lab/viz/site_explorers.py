@@ -1,7 +1,7 @@
 """The explorers the course website turns into client-side sliders, built at site-build time as their notebooks
 build them (same inputs, same library classes), never by running a notebook.
 
-Each `SiteExplorer` names its page (notebook file stem), the code that marks its cell (the slider goes right
+Each `SiteSlider` names its page (notebook file stem), the code that marks its cell (the slider goes right
 after that cell) and a `build()` that returns the explorer and the controls to precompute. The stored notebooks
 were run in quick mode (`make notebooks`), so inputs that depend on the mode are loaded in quick mode;
 tests/test_static_site.py checks that each explorer's opening state equals the figure stored in its notebook.
@@ -26,7 +26,7 @@ RETRIEVAL_QUERIES = 16
 
 
 @dataclass(frozen=True)
-class SiteExplorer:
+class SiteSlider:
     """An explorer of one page: where it is (the notebook stem and a code fragment of its cell) and how to
     rebuild it with the controls to precompute (and the values the page opens at)."""
 
@@ -100,17 +100,17 @@ def _shape() -> tuple[Explorer, list[Control], list[Any]]:
     return explorer, [Control("temperature", temperatures, "T")], [4.0]
 
 
-SITE_EXPLORERS: tuple[SiteExplorer, ...] = (
-    SiteExplorer("00-temperature", "00_distillation_primer", "TemperatureExplorer(",
+SITE_EXPLORERS: tuple[SiteSlider, ...] = (
+    SiteSlider("00-temperature", "00_distillation_primer", "TemperatureExplorer(",
                  "The temperature explorer above, without a kernel: its states for these temperatures were "
                  "computed when this site was built. Move the slider.", _temperature),
-    SiteExplorer("01-retrieval", "01_data_models_and_retrieval", "RetrievalExplorer(",
+    SiteSlider("01-retrieval", "01_data_models_and_retrieval", "RetrievalExplorer(",
                  f"The retrieval explorer above, without a kernel: the first {RETRIEVAL_QUERIES} queries with each "
                  "model (euclidean distance), computed when this site was built.", _retrieval),
-    SiteExplorer("02-pruning", "02_pruning_to_align", "SweepExplorer(",
+    SiteSlider("02-pruning", "02_pruning_to_align", "SweepExplorer(",
                  "The sweep explorer above, without a kernel: every criterion, stage and ratio of the stored sweep "
                  "(the fresh-run button needs the notebook).", _pruning),
-    SiteExplorer("09-temperature", "09_self_distillation", "ShapeExplorer(",
+    SiteSlider("09-temperature", "09_self_distillation", "ShapeExplorer(",
                  "The shape explorer above, without a kernel: every temperature of its slider at beta = 1, "
                  "computed when this site was built.", _shape),
 )

@@ -25,7 +25,7 @@ import nbformat
 
 from ..config import REPO_ROOT
 from ..errors import UsageError, cli
-from .site_explorers import SITE_EXPLORERS, SiteExplorer
+from .site_explorers import SITE_EXPLORERS, SiteSlider
 from .sliders import explorer_states, slider_markup, slider_script
 from .common import setup_notebook
 from .snapshot import plotly_js
@@ -54,7 +54,7 @@ def figure_html(bundle: dict[str, Any]) -> str:
             f'<script type="application/json" class="indistill-plotly">{spec}</script></div>')
 
 
-def _explorer_cell(nb: nbformat.NotebookNode, explorer: SiteExplorer) -> int:
+def _explorer_cell(nb: nbformat.NotebookNode, explorer: SiteSlider) -> int:
     """Index of the code cell that shows `explorer` (its source holds the marker); ValueError when none does."""
     for index, cell in enumerate(nb.cells):
         if cell.cell_type == "code" and explorer.marker in cell.source:
@@ -63,7 +63,7 @@ def _explorer_cell(nb: nbformat.NotebookNode, explorer: SiteExplorer) -> int:
                      f"'{explorer.name}' in indistill_lab/viz/site_explorers.py to the notebook's explorer cell.")
 
 
-def stage_notebook(nb: nbformat.NotebookNode, explorers: Sequence[SiteExplorer] = ()) -> nbformat.NotebookNode:
+def stage_notebook(nb: nbformat.NotebookNode, explorers: Sequence[SiteSlider] = ()) -> nbformat.NotebookNode:
     """The copy of a stored notebook that the site renders: each plotly figure as `figure_html` (its CDN HTML and
     PNG dropped from the bundle) and, after each explorer's cell, a cell holding its slider."""
     for cell in nb.cells:
