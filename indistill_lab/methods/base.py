@@ -22,7 +22,7 @@ import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterable
+from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -99,6 +99,11 @@ class Trained:
         return [] if self.curriculum is None else [[p.student, p.start, p.epochs] for p in self.curriculum.phases]
 
 
+def config_optimizer(cfg: RunConfig) -> dict[str, Any]:
+    """The Trainer options of a run configuration: Adam at `cfg.lr`, its lr schedule, its optimizer-state policy."""
+    return {"lr": cfg.lr, "lr_schedule": cfg.lr_schedule, "optimizer_state": cfg.optimizer_state}
+
+
 class Method:
     """A training recipe for a student. Subclasses set `name` and `description` and override
     `curriculum` (distillation through the shared Trainer) or `train` (their own loop)."""
@@ -140,10 +145,13 @@ class Method:
         return c.layers("teacher") if c is not None else []
 
     def train(self, ctx: Context, seed: int = 0, callbacks: Iterable[Callback] = (),
-              progress: bool = False, epochs: int | None = None) -> Trained:
+              progress: bool = False, epochs: int | None = None,
+              optimizer: Mapping[str, Any] | None = None) -> Trained:
         """A fresh student (random init from `seed`) trained by the shared Trainer with this method's
-        curriculum, the configuration's optimiser, lr schedule and optimizer-state policy. `epochs`
-        stops early (the first epochs of the same schedule), e.g. to look at a phase switch."""
+        curriculum, the configuration's optimiser, lr schedule and optimizer-state policy (`config_optimizer`),
+        or the Trainer options `optimizer` instead (e.g. `paper_sgd(epochs)`, so every row of a comparison has
+        one optimiser). `epochs` stops early (the first epochs of the same schedule), e.g. to look at a phase
+        switch."""
         seed_everything(seed)
         student = ctx.new_student()
         loader = ctx.loader_for(seed)
@@ -154,9 +162,8 @@ class Method:
             sources = ctx.require_sources(self.name)
             objective = CurriculumObjective(curriculum, sources, student, example=ctx.train.x[:4],
                                             teacher_features=targets(ctx.cfg, sources, loader, ctx.cache))
-        trainer = Trainer(student, objective, lr=ctx.cfg.lr, lr_schedule=ctx.cfg.lr_schedule, seed=seed,
-                          callbacks=callbacks, progress=progress, optimizer_state=ctx.cfg.optimizer_state,
-                          checkpoint=ctx.checkpoint)
+        trainer = Trainer(student, objective, seed=seed, callbacks=callbacks, progress=progress,
+                          checkpoint=ctx.checkpoint, **(config_optimizer(ctx.cfg) if optimizer is None else optimizer))
         trainer.resume()
         trainer.fit(loader, ctx.cfg.epochs if epochs is None else epochs)
         if trainer.history.stopped and not trainer.history.requested:

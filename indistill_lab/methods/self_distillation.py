@@ -9,16 +9,23 @@ the paper's 60/120/160 of 200).
 """
 from __future__ import annotations
 
-from typing import ClassVar, Iterable, Sequence
+from typing import Any, ClassVar, Iterable, Sequence
 
 from ..config import seed_everything
 from ..pipeline import build
 from ..self_distillation import SelfDistillation
 from ..train import Callback, Trainer
-from .base import Context, Method, Trained, register
+from .base import Context, Method, Trained, config_optimizer, register
 
 SGD = {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "milestones": (0.3, 0.6, 0.8), "factor": 0.1}
 """The paper's optimiser (CIFAR-100: 200 epochs, drops at 60/120/160), milestones as fractions of the run."""
+
+
+def paper_sgd(epochs: int) -> dict[str, Any]:
+    """Trainer options of the paper's optimiser for a run of `epochs` (momentum kept for the whole run); any
+    method takes them, `get_method("hinton-kd").train(ctx, seed, optimizer=paper_sgd(cfg.epochs))`."""
+    return {"optimizer": "momentum", "lr": SGD["lr"], "weight_decay": SGD["weight_decay"],
+            "lr_schedule": sgd_schedule(epochs), "optimizer_state": "run"}
 
 
 def sgd_schedule(epochs: int) -> dict[int, float]:
@@ -57,12 +64,8 @@ class SelfKD(Method):
         loader = ctx.loader_for(seed)
         objective = SelfDistillation(student, ctx.train.x[:2], self.stages, drg=self.use_drg, dsr=self.use_dsr,
                                      temperature=cfg.kd_temperature)
-        if self.optimizer == "sgd":
-            trainer = Trainer(student, objective, optimizer="momentum", lr=SGD["lr"], weight_decay=SGD["weight_decay"],
-                              lr_schedule=sgd_schedule(cfg.epochs), seed=seed, callbacks=callbacks, progress=progress)
-        else:
-            trainer = Trainer(student, objective, lr=cfg.lr, lr_schedule=cfg.lr_schedule, seed=seed,
-                              callbacks=callbacks, progress=progress, optimizer_state=cfg.optimizer_state)
+        options = paper_sgd(cfg.epochs) if self.optimizer == "sgd" else config_optimizer(cfg)
+        trainer = Trainer(student, objective, seed=seed, callbacks=callbacks, progress=progress, **options)
         trainer.fit(loader, cfg.epochs if epochs is None else epochs)
         if trainer.history.stopped:
             raise RuntimeError(f"{self.name}: training stopped ({trainer.history.stopped}).")
