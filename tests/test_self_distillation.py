@@ -118,6 +118,9 @@ def test_exported_student_has_no_head_and_equals_the_backbone(tiny_split):
     x = tiny_split.x[:8]
     with torch.no_grad():
         assert torch.equal(student(x), backbone.eval()(x))
+        in_training, heads = objective.head_logits(student, x)  # the forward the loop ran, the heads' taps attached
+        assert torch.equal(student(x), in_training) and len(heads) == 1
+    assert all(torch.equal(a, b) for a, b in zip(student.state_dict().values(), backbone.state_dict().values()))
 
 
 def test_bad_inputs_give_clear_errors():

@@ -256,3 +256,31 @@ def test_difficulty_bars_name_the_fraction_and_keep_their_titles_apart():
     # 05: one-line titles of ~40 characters over panels a third of the width wide ran into each other
     assert all(max(len(line) for line in t.split("<br>")) <= 26 for t in titles)
     assert f"{fraction:g} x the initial loss" in explorer.curves.layout.shapes[0].label.text
+
+
+def test_shape_explorer_draws_each_image_in_one_colour_in_both_panels_under_a_two_line_title():
+    from indistill_lab.viz.self_distillation import ShapeExplorer
+
+    torch.manual_seed(0)
+    explorer = ShapeExplorer(torch.randn(3, 10).tolist(), (4 * torch.randn(3, 10)).tolist(), ["a", "b", "c"])
+    traces = browser_data(explorer)[0]
+    colours = [t["line"]["color"] for t in traces]
+    assert colours[:3] == colours[3:] and len(set(colours[:3])) == 3  # legend colour = curve colour after training
+    assert [t["showlegend"] for t in traces] == [True] * 3 + [False] * 3
+    title = explorer.figure.layout.title.text
+    assert "<br>" in title and all(len(line) <= 80 for line in title.split("<br>"))  # no line runs off the figure
+
+
+def test_gain_figure_draws_paired_gains_from_zero_with_one_dot_per_seed():
+    from indistill_lab.experiments.self_distillation import summary
+    from indistill_lab.viz.self_distillation import gain_figure
+
+    rows = [{"arch": "auxiliary", "optimizer": "sgd", "method": m, "seed": s, "accuracy": acc, "map_e": 60 + acc / 10,
+             "map_c": 70.0, "train_seconds": 1.0, "train_accuracy": 99.0, "head_accuracy": None}
+            for m, base in (("student-ce", 80.0), ("self-dsr", 81.0)) for s, acc in ((0, base), (1, base + 0.5))]
+    fig = gain_figure({"over-fitting": summary(rows)})
+    bars = [t for t in fig.data if t.type == "bar"]
+    dots = [t for t in fig.data if t.type == "scatter"]
+    assert [list(b.x) for b in bars] == [["self-dsr"], ["self-dsr"]]  # CE alone has no gain over itself
+    assert bars[0].y[0] == pytest.approx(1.0) and bars[0].base is None  # a bar from 0, not from a cut axis
+    assert list(dots[0].y) == pytest.approx([1.0, 1.0]) and list(dots[1].y) == pytest.approx([0.1, 0.1])

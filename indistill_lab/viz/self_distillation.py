@@ -6,6 +6,7 @@ from typing import Any, Mapping, Sequence
 
 import ipywidgets as widgets
 import plotly.graph_objects as go
+from plotly.colors import qualitative
 import torch
 from plotly.subplots import make_subplots
 
@@ -34,11 +35,14 @@ class ShapeExplorer(Explorer):
         self.temperature = widgets.FloatSlider(value=4.0, min=0.5, max=10.0, step=0.5, description="T")
         self.beta = widgets.FloatSlider(value=1.0, min=0.0, max=2.0, step=0.1, description="beta")
         self.figure = SyncedFigure(make_subplots(rows=1, cols=2, subplot_titles=("random init", "after training")))
+        colours = qualitative.Plotly
         for col in (1, 2):
-            for name in self.classes:
+            for i, name in enumerate(self.classes):  # one colour per image in both panels, as the legend says
+                colour = colours[i % len(colours)]
                 self.figure.add_scatter(x=[], y=[], mode="lines+markers", name=name, showlegend=col == 1,
-                                        legendgroup=name, row=1, col=col)
-        self.figure.update_layout(height=360, margin=dict(t=70, b=40))
+                                        legendgroup=name, line=dict(color=colour), marker=dict(color=colour),
+                                        row=1, col=col)
+        self.figure.update_layout(height=400, margin=dict(t=110, b=40), title=dict(y=0.96, yanchor="top"))
         for control in (self.temperature, self.beta):
             control.observe(lambda _change: self.update(), names="value")
         self.update()
@@ -50,9 +54,9 @@ class ShapeExplorer(Explorer):
         with self.figure.batch_update():
             for i, (trace, y) in enumerate(zip(self.figure.data, curves)):
                 trace.x, trace.y, trace.name = ranks, y, self.classes[i % len(self.classes)]
-            self.figure.layout.title = (f"sorted softmax(z / {T:g}); beta·T²·KL between neighbouring samples: "
-                                        f"{neighbour_dsr(self.before, T, beta):.3f} before, "
-                                        f"{neighbour_dsr(self.after, T, beta):.3f} after")
+            self.figure.layout.title.text = (f"sorted softmax(z / {T:g}) of each image<br>beta·T²·KL between "
+                                             f"neighbouring samples: {neighbour_dsr(self.before, T, beta):.3f} "
+                                             f"before, {neighbour_dsr(self.after, T, beta):.3f} after")
             self.figure.layout.xaxis.title, self.figure.layout.xaxis2.title = "rank", "rank"
             self.figure.layout.yaxis.title = "probability"
 
@@ -91,16 +95,27 @@ class MaskExplorer(Explorer):
         return widgets.VBox([widgets.HBox([self.image, self.stage]), self.figure])
 
 
-def ablation_figure(summary: Sequence[Mapping[str, Any]], key: str = "accuracy") -> go.Figure:
-    """Bars of `key` (mean ± std over seeds) per method, one group per architecture and optimiser, from
-    `experiments.self_distillation.summary` entries."""
-    fig = go.Figure()
-    groups = list(dict.fromkeys((e["arch"], e["optimizer"]) for e in summary))
-    for arch, opt in groups:
-        mine = [e for e in summary if (e["arch"], e["optimizer"]) == (arch, opt)]
-        fig.add_bar(x=[e["method"] for e in mine], y=[e[key][0] for e in mine], name=f"{arch}, {opt}",
-                    error_y=dict(type="data", array=[e[key][1] for e in mine]))
-    values = [e[key][0] for e in summary]
-    fig.update_layout(barmode="group", height=380, yaxis_title=key, title=f"{key}: mean ± std over seeds",
-                      yaxis_range=[min(values) - 2, max(values) + 1] if values else None)
+def gain_figure(regimes: Mapping[str, Sequence[Mapping[str, Any]]]) -> go.Figure:
+    """Each method's gain over CE alone, paired by seed, in test accuracy and Euclidean mAP (points): a bar
+    from 0 to the mean and one dot per seed, one colour per regime (`regimes`: title -> entries of
+    `experiments.self_distillation.summary`, those without paired seeds skipped)."""
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12,
+                        subplot_titles=("test accuracy − CE alone (points)", "mAP (e) − CE alone (points)"))
+    colours = qualitative.Plotly
+    for i, (title, entries) in enumerate(regimes.items()):
+        mine = [e for e in entries if e["paired_accuracy"]]
+        if not mine:
+            continue
+        colour = colours[i % len(colours)]
+        for col, key in ((1, "accuracy"), (2, "map_e")):
+            fig.add_bar(x=[e["method"] for e in mine], y=[e[f"gain_{key}"][0] for e in mine], name=title,
+                        legendgroup=title, showlegend=col == 1, marker_color=colour, opacity=0.55,
+                        offsetgroup=str(i), row=1, col=col)
+            fig.add_scatter(x=[e["method"] for e in mine for _ in e[f"paired_{key}"]],
+                            y=[d for e in mine for _, d in e[f"paired_{key}"]], mode="markers", name=f"{title}: seeds",
+                            legendgroup=title, showlegend=False, marker=dict(color=colour, size=7, symbol="circle-open"),
+                            offsetgroup=str(i), row=1, col=col)
+    fig.update_layout(barmode="group", scattermode="group", height=420, margin=dict(t=60, b=40),
+                      legend=dict(orientation="h", y=-0.15), title="bars: mean over seeds from 0; circles: each seed")
+    fig.add_hline(y=0, line_color="black", line_width=1)
     return fig
