@@ -67,10 +67,32 @@ def test_every_exercise_has_a_hint_and_a_hidden_solution(path: Path) -> None:
     for i in exercises:
         text = _source(cells[i])
         assert "<summary>Hint</summary>" in text, f"{path.name} cell {i + 1}: exercise without a <details> hint"
-        assert i + 1 < len(cells) and solution_code(cells[i + 1]) is not None, \
-            (f"{path.name} cell {i + 1}: the exercise must be followed by its solution, a markdown cell tagged "
-             f"'solution' holding the code in a closed <details><summary>Solution</summary> block ({RESTORE} "
-             f"{path.relative_to(path.parents[1])} turns a code cell tagged 'solution' into one)")
+        after = i + 2 if i + 1 < len(cells) and _is_scaffold(cells[i + 1]) else i + 1
+        assert after < len(cells) and solution_code(cells[after]) is not None, \
+            (f"{path.name} cell {i + 1}: the exercise (and its scaffold, if any) must be followed by its solution, a "
+             f"markdown cell tagged 'solution' holding the code in a closed <details><summary>Solution</summary> "
+             f"block ({RESTORE} {path.relative_to(path.parents[1])} turns a code cell tagged 'solution' into one)")
+
+
+def _is_scaffold(cell: dict[str, Any]) -> bool:
+    """An exercise's scaffold: a code cell tagged 'exercise' that the learner completes, placed between the
+    exercise and its solution."""
+    return cell["cell_type"] == "code" and "exercise" in cell["metadata"].get("tags", [])
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem[:2] for p in NOTEBOOKS])
+def test_a_scaffold_leaves_blanks_and_runs_unfilled(path: Path) -> None:
+    """A scaffold holds the blanks (`...`) the learner fills in and stands right after its exercise; Run All runs
+    it unfilled (nbval checks it does not raise), so it must guard its blanks rather than use them."""
+    cells = _cells(path)
+    for number, cell in enumerate(cells, start=1):
+        if not _is_scaffold(cell):
+            continue
+        previous = _source(cells[number - 2]) if number > 1 else ""
+        assert cells[number - 2]["cell_type"] == "markdown" and previous.startswith("### Exercise"), \
+            f"{path.name} cell {number}: a scaffold must follow its '### Exercise' cell"
+        assert "..." in _source(cell), f"{path.name} cell {number}: a scaffold without a blank (`...`) to fill in"
+        ast.parse(_source(cell))
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem[:2] for p in NOTEBOOKS])
