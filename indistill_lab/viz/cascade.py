@@ -176,19 +176,22 @@ def overlap_png(new: Sequence[Mapping[str, Any]], old: Sequence[Mapping[str, Any
 
 def cascade_table_png(rows: Sequence[Mapping[str, Any]], stories: Sequence[Mapping[str, Any]],
                       old: Sequence[Mapping[str, Any]], path: Path | str) -> None:
-    """The table's figure: accuracy per arm (one dot per seed, the mean as a bar) and the overlap during
-    the joint phase of the 1-TA cascades against the first version's runs."""
+    """The table's figure: accuracy per arm (one dot per seed, the mean as a tick: no bar, whose length on a
+    cut axis would not be its value) and the overlap during the joint phase of the 1-TA cascades against the
+    first version's runs."""
     plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.4), gridspec_kw={"width_ratios": [1.3, 1]})
     arms = list(dict.fromkeys(r["arm"] for r in rows))
     for x, arm in enumerate(arms):
         accs = [r["accuracy"] for r in rows if r["arm"] == arm]
-        left.bar(x, sum(accs) / len(accs), color="lightgray", width=0.6)
-        left.plot([x] * len(accs), accs, "o", color="k", ms=4)
+        left.hlines(sum(accs) / len(accs), x - 0.3, x + 0.3, color="tab:blue", lw=2.5,
+                    label="mean over seeds" if x == 0 else None)
+        left.plot([x] * len(accs), accs, "o", color="k", ms=4, label="one seed" if x == 0 else None)
     left.set_xticks(range(len(arms)), arms, rotation=25, ha="right", fontsize=8)
     low = min(r["accuracy"] for r in rows)
-    left.set_ylim(low - 2, max(r["accuracy"] for r in rows) + 1)
-    left.set_ylabel("test accuracy (%, 10,000 images; axis cut)")
+    left.set_ylim(low - 0.5, max(r["accuracy"] for r in rows) + 0.5)
+    left.set_ylabel("test accuracy (%, 10,000 images)")
+    left.legend(fontsize=8, loc="lower left")
     left.grid(alpha=0.3, axis="y")
     draw_overlap(right, [s for s in stories if s["arm"].startswith("cascade-1ta") and s.get("overlap")], old)
     fig.suptitle("Cascaded TAs, k = 0.8, SGD protocol: accuracy by arm (dots: seeds) and student-in-TA overlap",
