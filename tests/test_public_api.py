@@ -110,3 +110,19 @@ except ImportError as exc:
 """
     out = _run(code)
     assert "pip install 'indistill_lab[lab]'" in out
+
+
+def test_a_users_notebook_finds_the_spec_error_the_output_folder_and_quick_mode(tmp_path, monkeypatch) -> None:
+    """Notebook 10 uses only `from indistill_lab import ...`: the error a wrong module path raises, where files
+    go (`--out` / INDISTILL_OUT) and whether quick mode is on are public names too."""
+    from indistill_lab import SpecError, quick_mode, results_dir
+    from indistill_lab.adapter import SpecError as adapter_error
+
+    assert SpecError is adapter_error and issubclass(SpecError, ValueError)
+    monkeypatch.setenv("INDISTILL_OUT", str(tmp_path / "env"))
+    assert results_dir() == tmp_path / "env"
+    assert results_dir(tmp_path / "flag") == tmp_path / "flag"  # --out wins over the environment variable
+    monkeypatch.setenv("INDISTILL_QUICK", "1")
+    assert quick_mode() is True
+    monkeypatch.setenv("INDISTILL_QUICK", "0")
+    assert quick_mode() is False
