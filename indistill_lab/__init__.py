@@ -17,6 +17,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     # your model: its description by module paths
     "ModelSpec": ("adapter", "ModelSpec"), "spec_of": ("adapter", "spec_of"),
     "propose_spec": ("adapter", "propose_spec"), "with_spec": ("adapter", "with_spec"),
+    "SpecError": ("adapter", "SpecError"),
     # data
     "Split": ("data", "Split"), "Loader": ("data", "Loader"), "load_split": ("data", "load_split"),
     "dataset_info": ("data", "dataset_info"), "split_from_tensors": ("data", "split_from_tensors"),
@@ -47,6 +48,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "prepare_models": ("pipeline", "prepare_models"),
     "Context": ("methods", "Context"), "Method": ("methods", "Method"), "get_method": ("methods", "get_method"),
     "method_names": ("methods", "method_names"), "register_method": ("methods", "register"),
+    # where files go, and the quick mode of tests and CI
+    "results_dir": ("results", "results_dir"), "quick_mode": ("config", "quick_mode"),
 }
 
 __all__ = sorted(_EXPORTS)
