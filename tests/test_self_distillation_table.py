@@ -26,6 +26,10 @@ def test_the_committed_rows_are_the_budget_regime_and_the_table_is_not_changed_w
                for r in overfit)
     with pytest.raises(ResultsError, match="committed table.*--update"):
         committed.check_writable()
+    before = committed.path.read_bytes()
+    with pytest.raises(ResultsError, match="committed table.*--update"):  # runs to do (quick mode's): refused first
+        sd.main(["run", "--regime", "overfit", "--seeds", "1", "--out", str(REPO_ROOT / "results")])
+    assert committed.path.read_bytes() == before
 
 
 def test_overfit_regime_runs_every_arm_resumes_and_reports_paired_differences(tmp_path, capsys):

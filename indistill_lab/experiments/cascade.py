@@ -184,6 +184,8 @@ def run(protocol: Protocol, arms: Sequence[str], seeds: Sequence[int], workers: 
     todo = results.todo([(a, s) for group in ([a for a in arms if a not in extra], extra) for s in seeds
                          for a in group])
     print(f"{results.path}: {len(todo)} run(s) to do on {workers} worker(s)", flush=True)
+    if todo:
+        results.check_writable()  # a finished committed table is only reported
     folder = str(stories_dir(results))
 
     def log(row: dict[str, Any]) -> None:
@@ -333,7 +335,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     given = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("run", "report")]
     command = " ".join(["python -m indistill_lab.experiments.cascade run", *given])
     if args.command == "run":
-        results.check_writable()
         run(protocol, args.arms, seeds, args.workers, results)
     if report(results, protocol, command):
         print(f"wrote {results.path.with_suffix('.md')} and .png", flush=True)

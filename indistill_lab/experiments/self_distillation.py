@@ -176,6 +176,8 @@ def run(regime: Regime, seeds: Sequence[int], workers: int, results: ResultsTabl
     """Make the regime's missing rows on `workers` processes (one thread each), each added as it ends."""
     todo = results.todo(regime.runs(seeds))
     print(f"{results.path}: {regime.name}, {len(todo)} run(s) to do on {workers} worker(s)", flush=True)
+    if todo:
+        results.check_writable()  # a finished committed table is only reported
 
     def log(row: dict[str, Any]) -> None:
         results.add(row)
@@ -311,7 +313,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     results = table(args.update, args.out)
     given = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("run", "report")]
     if args.command == "run":
-        results.check_writable()
         run(REGIMES[args.regime], seeds, args.workers, results)
     if report(results, " ".join(["python -m indistill_lab.experiments.self_distillation run", *given])):
         print(f"wrote {results.path.with_suffix('.md')}", flush=True)
