@@ -115,7 +115,8 @@ def gain_figure(regimes: Mapping[str, Sequence[Mapping[str, Any]]]) -> go.Figure
                             y=[d for e in mine for _, d in e[f"paired_{key}"]], mode="markers", name=f"{title}: seeds",
                             legendgroup=title, showlegend=False, marker=dict(color=colour, size=7, symbol="circle-open"),
                             offsetgroup=str(i), row=1, col=col)
-    fig.update_layout(barmode="group", scattermode="group", height=420, margin=dict(t=60, b=40),
-                      legend=dict(orientation="h", y=-0.15), title="bars: mean over seeds from 0; circles: each seed")
+    fig.update_layout(barmode="group", scattermode="group", height=440, margin=dict(t=95, b=40),
+                      legend=dict(orientation="h", y=-0.15),
+                      title=dict(text="bars: mean over seeds from 0; circles: each seed", y=0.97, yanchor="top"))
     fig.add_hline(y=0, line_color="black", line_width=1)
     return fig
