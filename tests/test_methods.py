@@ -285,3 +285,12 @@ def test_prepare_skips_the_fine_tune_only_when_no_method_reads_it(tiny_prep):
                        full.sources.features(x, ["reference.stage2"])["reference.stage2"])
     with pytest.raises(KeyError, match="one of teacher, aux, pruned, kept, reference"):
         lean.sources.features(x, ["tuned.stage1"])
+
+
+def test_the_projection_says_evaluation_is_not_included_and_which_protocol_scores_the_runs():
+    from indistill_lab.experiments.reproduce import projection
+
+    short = projection(RunConfig(epochs=7, epoch_size=512, lr_drop_epoch=5, batch_size=8), 2, 1, 60_000)
+    assert "evaluation not included" in short and "10,000-image training subset" in short and "--full-eval" in short
+    full = projection(RunConfig(batch_size=8), 2, 1, 60_000)
+    assert "the full protocol (all test queries x all 60,000 training images)" in full
