@@ -167,7 +167,8 @@ def short_run(epochs: int, epoch_size: int | None, train_size: int) -> bool:
 def nominal_train_size(cfg: RunConfig, quick: bool | None = None) -> int:
     """The training set size `load_data(cfg)` gives, without loading it (the preset's size, quick mode's,
     `train_size`)."""
-    full = QUICK_SIZES["train"] if (quick_mode() if quick is None else quick) else TRAIN_SIZES[dataset_info(cfg.dataset).name]
+    quick = quick_mode() if quick is None else quick
+    full = QUICK_SIZES["train"] if quick else TRAIN_SIZES[dataset_info(cfg.dataset).name]
     return min(full, cfg.train_size) if cfg.train_size is not None else full
 
 

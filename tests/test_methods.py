@@ -218,14 +218,16 @@ def test_a_short_run_is_scored_on_a_subset_unless_the_full_protocol_is_asked_for
     full = replace(short, full_eval=True)
     assert full.evaluation_size(60_000) is None
     assert full.digest(quick=False) == "fc0058f103"  # the digest this configuration had before the fields
-    assert short.digest(quick=False) not in {full.digest(quick=False), replace(short, eval_size=5_000).digest(quick=False)}
+    other = replace(short, eval_size=5_000)
+    assert short.digest(quick=False) not in {full.digest(quick=False), other.digest(quick=False)}
     assert RunConfig().evaluation_size(60_000) is None
     assert replace(RunConfig(), full_eval=False).evaluation_size(60_000) == 10_000
     assert replace(RunConfig(), full_eval=False).digest(quick=False) != "e8b49b4d4a"
     assert replace(RunConfig(), eval_size=5_000).digest(quick=False) == "e8b49b4d4a"  # still the full protocol
     db = eval_train_split(RunConfig(epochs=7, epoch_size=2, lr_drop_epoch=6, eval_size=20), tiny_split)
     assert len(db) == 20 and torch.bincount(db.y, minlength=10).tolist() == [2] * 10
-    assert eval_train_split(RunConfig(epochs=7, epoch_size=None, lr_drop_epoch=6, eval_size=20), tiny_split) is tiny_split
+    long_cfg = RunConfig(epochs=7, epoch_size=None, lr_drop_epoch=6, eval_size=20)
+    assert eval_train_split(long_cfg, tiny_split) is tiny_split
     with pytest.raises(ValueError, match="eval_size"):
         RunConfig(eval_size=0)
 

@@ -59,7 +59,8 @@ def test_full_eval_is_a_flag_and_reads_back_from_the_toml_form(tmp_path: Path, c
     assert (auto.full_eval, auto.eval_size, full.full_eval, full.eval_size) == (None, 10_000, True, 5_000)
     assert auto.evaluation_size(60_000) == 10_000 and full.evaluation_size(60_000) is None
     assert auto.digest(quick=False) != full.digest(quick=False)
-    assert full.digest(quick=False) == replace(full, eval_size=10_000).digest(quick=False)  # unused on the full protocol
+    # eval_size is unused on the full protocol
+    assert full.digest(quick=False) == replace(full, eval_size=10_000).digest(quick=False)
 
 
 def read_back(tmp_path: Path, text: str) -> RunConfig:
