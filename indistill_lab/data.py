@@ -15,6 +15,9 @@ from .config import data_root, quick_mode
 from .fashion_mnist import DatasetUnavailable, ensure_fashion_mnist
 
 QUICK_SIZES = {"train": 2048, "test": 512}
+TRAIN_SIZES = {"fashion-mnist": 60_000, "cifar10": 50_000}
+"""Examples in each preset's full training split (`pipeline.nominal_train_size` reads it without loading)."""
+
 @dataclass(frozen=True)
 class DatasetInfo:
     """What a model needs to know about its input: shape, classes and normalisation."""

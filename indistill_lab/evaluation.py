@@ -3,6 +3,7 @@
 Retrieval: queries = test set, database = train set, penultimate (embedding) features, Euclidean
 and cosine; mAP 11-point interpolated (the tables' metric) beside the standard mAP; precision at
 100. A method that never trains the classifier gets a linear probe on frozen train embeddings.
+A `reproduce` run shorter than one pass passes a training subset instead (`pipeline.eval_train_split`).
 """
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ from .config import REPO_ROOT, quick_mode, seed_everything
 from .criteria import make_criterion
 from .curriculum import Curriculum, Term, paper_epochs, stage_pairs
 from .objective import CurriculumObjective
-from .data import Loader, Split, crop_flip, load_split
+from .data import QUICK_SIZES, TRAIN_SIZES, Loader, Split, crop_flip, dataset_info, load_split
 from .feature_cache import FeatureCache, IndexedLoader
 from .models import build_model
 from .pruning import prune_to_widths
@@ -78,6 +78,14 @@ class RunConfig:
     test_size: int | None = None
     cache: bool = True
     use_zoo: bool = True
+    full_eval: bool | None = None
+    """Score on the full protocol (queries = the test set, database and linear probe = the whole training set)?
+    None (the default) decides by the run's length: full for a run that sees at least one pass over the training
+    set, `eval_size` otherwise (`evaluation_size`); True opts a short run into the full protocol, False a long one
+    out of it. A subset evaluation changes the digest, so its rows never share a table with full-protocol rows."""
+    eval_size: int = 10_000
+    """Database and probe examples of the small-run evaluation (a class-balanced `Split.subset` of the training
+    set; the queries stay the test set at `test_size`)."""
 
     def __post_init__(self) -> None:
         if self.optimizer_state not in OPTIMIZER_STATE_POLICIES:
@@ -93,6 +101,8 @@ class RunConfig:
         if self.epochs <= self.intermediate_epochs:
             raise ValueError(f"epochs={self.epochs} leaves no epoch for the final term after the "
                              f"{self.intermediate_epochs} intermediate epochs of a={self.a}; raise epochs or lower a.")
+        if isinstance(self.eval_size, bool) or not isinstance(self.eval_size, int) or self.eval_size < 1:
+            raise ValueError(f"eval_size must be a positive number of training examples, got {self.eval_size!r}.")
         if self.augment and self.cache:
             raise ValueError("augment=True changes the teacher's targets every epoch, so they cannot be cached; "
                              "set cache=False with augment=True.")
@@ -106,12 +116,28 @@ class RunConfig:
     def lr_schedule(self) -> dict[int, float]:
         return {self.lr_drop_epoch: self.lr_low} if self.lr_drop_epoch < self.epochs else {}
 
+    def is_short(self, train_size: int) -> bool:
+        """Whether one run sees fewer examples than a training set of `train_size` holds (`short_run`)."""
+        return short_run(self.epochs, self.epoch_size, train_size)
+
+    def evaluation_size(self, train_size: int) -> int | None:
+        """The database/probe size this run is scored with on a training set of `train_size`: None for the full
+        protocol (the whole set), else `eval_size` (see `full_eval`)."""
+        full = not self.is_short(train_size) if self.full_eval is None else self.full_eval
+        return None if full or self.eval_size >= train_size else self.eval_size
+
     def digest(self, quick: bool | None = None) -> str:
         """A short hash of the configuration (seed excluded): rows with the same digest are comparable. It
-        includes quick mode (`quick`, default: the current mode), which shrinks the data."""
-        key = {**asdict(self), "quick": quick_mode() if quick is None else quick}
+        includes quick mode (`quick`, default: the current mode), which shrinks the data, and the evaluation
+        subset when the run is not scored on the full protocol (`evaluation_size` of the preset's training set)."""
+        quick = quick_mode() if quick is None else quick
+        key = {**asdict(self), "quick": quick}
         if self.aux_epoch_size in (self.epoch_size, 12_000):  # as before the field existed: digests unchanged
             del key["aux_epoch_size"]
+        del key["full_eval"], key["eval_size"]  # the full protocol, as before these fields: digests unchanged
+        subset = self.evaluation_size(nominal_train_size(self, quick))
+        if subset is not None:
+            key["eval_size"] = subset
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
 
     @classmethod
@@ -129,6 +155,28 @@ class RunConfig:
         return cls.paper(**{**base, **changes})
 
 
+
+
+def short_run(epochs: int, epoch_size: int | None, train_size: int) -> bool:
+    """True when `epochs` loader epochs of `epoch_size` examples (None = a full pass) see fewer examples than
+    the training set's `train_size`: such a run neither caches the whole set's targets (`targets`,
+    `runs.shared_cache`) nor is scored on the full protocol by default (`RunConfig.evaluation_size`)."""
+    return epochs * min(epoch_size or train_size, train_size) < train_size
+
+
+def nominal_train_size(cfg: RunConfig, quick: bool | None = None) -> int:
+    """The training set size `load_data(cfg)` gives, without loading it (the preset's size, quick mode's,
+    `train_size`)."""
+    quick = quick_mode() if quick is None else quick
+    full = QUICK_SIZES["train"] if quick else TRAIN_SIZES[dataset_info(cfg.dataset).name]
+    return min(full, cfg.train_size) if cfg.train_size is not None else full
+
+
+def eval_train_split(cfg: RunConfig, train: Split) -> Split:
+    """The training examples a run is scored against (retrieval database, linear probe): the whole `train` on
+    the full protocol, else its class-balanced subset of `cfg.evaluation_size(len(train))`."""
+    size = cfg.evaluation_size(len(train))
+    return train if size is None else train.subset(size)
 
 
 def load_data(cfg: RunConfig) -> tuple[Split, Split]:
@@ -196,7 +244,8 @@ def train_auxiliary_pkt(teacher: nn.Module, cfg: RunConfig, train: Split, seed: 
     sources = Sources(teacher=teacher)
     loader = make_loader(replace(cfg, epoch_size=cfg.aux_epoch_size), train, seed)
     objective = CurriculumObjective(auxiliary_pkt_curriculum(teacher, aux, cfg.aux_epochs), sources, aux,
-                                    example=train.x[:2], teacher_features=targets(cfg, sources, loader))
+                                    example=train.x[:2], teacher_features=targets(cfg, sources, loader,
+                                                                                   epochs=cfg.aux_epochs))
     Trainer(aux, objective, lr=cfg.lr, seed=seed, callbacks=callbacks, progress=progress).fit(loader, cfg.aux_epochs)
     return aux.cpu().eval()
 
@@ -259,13 +308,17 @@ def finetune_pruned(pruned: nn.Module, teacher: nn.Module, cfg: RunConfig, train
     return tuned.cpu().eval()
 
 
-def targets(cfg: RunConfig, sources: Sources, loader: IndexedLoader,
-             cache: FeatureCache | None = None) -> Callable[..., Mapping[str, torch.Tensor]]:
-    """Where the curriculum's targets come from: a feature cache (reused if given) or direct computation."""
+def targets(cfg: RunConfig, sources: Sources, loader: IndexedLoader, cache: FeatureCache | None = None,
+            epochs: int | None = None) -> Callable[..., Mapping[str, torch.Tensor]]:
+    """Where the curriculum's targets come from: a feature cache (reused if given), a new one over the whole
+    training set, or direct computation, batch by batch, when the configuration disables the cache or when the
+    `epochs` (default `cfg.epochs`) of `loader` see fewer examples than the set holds (`short_run`)."""
     if not cfg.cache:
         return sources.features
     if cache is not None and cache.loader is loader:
         return cache
+    if short_run(cfg.epochs if epochs is None else epochs, loader.epoch_size, len(loader.data)):
+        return sources.features
     return FeatureCache(sources.features, loader)
 
 

@@ -25,6 +25,14 @@ from .pipeline import RunConfig
 
 NONE = "none"
 
+FIELD_HELP = {
+    "full_eval": "score on the full protocol (test queries x the whole training set, probe on all of it); default: "
+                 "decided by the run's length, full for a run that sees at least one pass over the training set, "
+                 "an --eval-size subset for a shorter one",
+    "eval_size": "training examples (class-balanced) in the small-run evaluation's database and probe set",
+}
+"""Flag help for the fields whose meaning their name and default do not say."""
+
 
 def _kinds(name: str) -> tuple[type, bool]:
     """The field's value type and whether it may be None."""
@@ -112,11 +120,12 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: Collection[str] = ()
         kind, optional = _kinds(f.name)
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                                help=f"run configuration field {f.name} (default {f.default})")
+                                help=FIELD_HELP.get(f.name, f"run configuration field {f.name} (default {f.default})"))
         else:
             default = f.default if f.default is not dataclasses.MISSING else "{}"
             parser.add_argument(flag, metavar=kind.__name__.upper(), default=None,
-                                help=f"run configuration field {f.name} (default {default}"
+                                help=(FIELD_HELP[f.name] + " (" if f.name in FIELD_HELP
+                                      else f"run configuration field {f.name} (") + f"default {default}"
                                      + (f"; {NONE!r} for None" if optional else "") + ")")
 
 

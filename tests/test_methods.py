@@ -4,6 +4,7 @@ write into the committed zoo."""
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 
 import pytest
 import torch
@@ -184,6 +185,77 @@ def test_the_aux_epoch_size_keeps_old_digests_and_short_runs_skip_the_target_cac
     assert shared_cache(prep, replace(cfg, epochs=7, epoch_size=None, lr_drop_epoch=6), ["indistill-paper"]) is not None
 
 
+def test_every_committed_table_keeps_its_config_digest():
+    """The `config` column of every committed results CSV made by a RunConfig: new fields (aux_epoch_size,
+    full_eval, eval_size) at their defaults leave these digests as they were, so the tables still resume."""
+    from indistill_lab.experiments.self_distillation import REGIMES
+    from indistill_lab.experiments.warmup_onset import config, with_recovery
+
+    committed = {  # digest: configuration (results/<file>.csv)
+        "e8b49b4d4a": RunConfig(),  # fashion-mnist.csv
+        "cf5a919776": RunConfig.paper(),  # fashion-mnist-cf5a919776.csv
+        "4cb1d8aca6": RunConfig(optimizer_state="run"),  # fashion-mnist-4cb1d8aca6.csv
+        "28ed7b0b5a": RunConfig(optimizer_state="phase"),  # fashion-mnist-28ed7b0b5a.csv
+        "f4c812c4a6": config(),  # warmup-onset.csv
+        "28fcb70ab7": with_recovery(config(), 3),
+        "8ebedad51e": with_recovery(config(), 6),
+        "786c9f398e": REGIMES["budget"].config("student", quick=False),  # self-distillation.csv
+        "0b27d77686": REGIMES["budget"].config("auxiliary", quick=False),
+    }
+    assert {d: c.digest(quick=False) for d, c in committed.items()} == {d: d for d in committed}
+    assert all(c.evaluation_size(60_000) is None for c in committed.values())  # all scored on the full protocol
+
+
+def test_a_short_run_is_scored_on_a_subset_unless_the_full_protocol_is_asked_for(tiny_split):
+    """The benchmark's 28-step run (7 x 512 of 60,000 images) is short: scored against eval_size (10,000)
+    training images, and its digest differs from the full protocol's, which --full-eval restores; a run that
+    sees a whole pass stays full unless full_eval=False. The subset is class-balanced."""
+    from indistill_lab.pipeline import eval_train_split, short_run
+
+    short = RunConfig(epochs=7, epoch_size=512, lr_drop_epoch=13)
+    assert short_run(7, 512, 60_000) and not short_run(7, 512, 3_584) and not short_run(1, None, 60_000)
+    assert short.evaluation_size(60_000) == 10_000 and short.evaluation_size(8_000) is None
+    full = replace(short, full_eval=True)
+    assert full.evaluation_size(60_000) is None
+    assert full.digest(quick=False) == "fc0058f103"  # the digest this configuration had before the fields
+    other = replace(short, eval_size=5_000)
+    assert short.digest(quick=False) not in {full.digest(quick=False), other.digest(quick=False)}
+    assert RunConfig().evaluation_size(60_000) is None
+    assert replace(RunConfig(), full_eval=False).evaluation_size(60_000) == 10_000
+    assert replace(RunConfig(), full_eval=False).digest(quick=False) != "e8b49b4d4a"
+    assert replace(RunConfig(), eval_size=5_000).digest(quick=False) == "e8b49b4d4a"  # still the full protocol
+    db = eval_train_split(RunConfig(epochs=7, epoch_size=2, lr_drop_epoch=6, eval_size=20), tiny_split)
+    assert len(db) == 20 and torch.bincount(db.y, minlength=10).tolist() == [2] * 10
+    long_cfg = RunConfig(epochs=7, epoch_size=None, lr_drop_epoch=6, eval_size=20)
+    assert eval_train_split(long_cfg, tiny_split) is tiny_split
+    with pytest.raises(ValueError, match="eval_size"):
+        RunConfig(eval_size=0)
+
+
+def test_a_short_run_computes_its_targets_per_batch_and_a_long_one_caches_them_to_the_same_values(tiny_prep):
+    """`pipeline.targets` follows the rule of `runs.shared_cache` (`short_run`): 7 epochs of an eighth of the
+    set compute the teacher's targets batch by batch, a full pass builds a FeatureCache; same values."""
+    from indistill_lab.feature_cache import FeatureCache
+    from indistill_lab.pipeline import make_loader, targets
+
+    cfg, prep = tiny_prep
+    n = len(prep.train)
+    short_cfg = replace(cfg, epochs=7, epoch_size=n // 8, lr_drop_epoch=6)
+    long_cfg = replace(cfg, epochs=7, epoch_size=None, lr_drop_epoch=6)
+    short = targets(short_cfg, prep.sources, make_loader(short_cfg, prep.train, 0))
+    loader = make_loader(long_cfg, prep.train, 0)
+    cached = targets(long_cfg, prep.sources, loader)
+    assert short == prep.sources.features and isinstance(cached, FeatureCache)
+    assert targets(long_cfg, prep.sources, loader, epochs=1) is not prep.sources.features  # 1 pass still caches
+    assert targets(replace(long_cfg, cache=False), prep.sources, loader) == prep.sources.features
+    paths = ["pruned.stage1", "pruned.stage2", "aux.act_fc1"]
+    for x, _ in loader:
+        got, want = cached(x, paths), short(x, paths)
+        for p in paths:
+            torch.testing.assert_close(got[p], want[p], rtol=1e-5, atol=1e-5)
+    assert cached.hits == len(loader) and cached.misses == 0
+
+
 def test_adam_state_at_the_switch_is_fresh_under_reset_policies_and_stale_when_kept(tiny_prep):
     from dataclasses import replace
 
@@ -215,3 +287,12 @@ def test_prepare_skips_the_fine_tune_only_when_no_method_reads_it(tiny_prep):
                        full.sources.features(x, ["reference.stage2"])["reference.stage2"])
     with pytest.raises(KeyError, match="one of teacher, aux, pruned, kept, reference"):
         lean.sources.features(x, ["tuned.stage1"])
+
+
+def test_the_projection_says_evaluation_is_not_included_and_which_protocol_scores_the_runs():
+    from indistill_lab.experiments.reproduce import projection
+
+    short = projection(RunConfig(epochs=7, epoch_size=512, lr_drop_epoch=5, batch_size=8), 2, 1, 60_000)
+    assert "evaluation not included" in short and "10,000-image training subset" in short and "--full-eval" in short
+    full = projection(RunConfig(batch_size=8), 2, 1, 60_000)
+    assert "the full protocol (all test queries x all 60,000 training images)" in full

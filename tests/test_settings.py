@@ -1,6 +1,7 @@
 """The run configuration's file form and flags: every field from TOML, flags override, clear errors."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,21 @@ def test_flags_override_the_file_and_every_field_has_a_flag(tmp_path: Path, caps
     assert out.lr_drop_epoch == 28  # derived from the file's epochs as from --epochs
     assert main(["reproduce", "--batch-size", "many", "--print-config"]) == 2
     assert "--batch-size: batch_size = 'many' is not a int" in capsys.readouterr().err
+
+
+def test_full_eval_is_a_flag_and_reads_back_from_the_toml_form(tmp_path: Path, capsys) -> None:
+    """--full-eval opts a short run into the full protocol (and back to its old digest); unset it stays None
+    ("none" in the file: decided by the run's length)."""
+    assert main(["reproduce", "--epochs", "7", "--epoch-size", "512", "--print-config"]) == 0
+    auto = read_back(tmp_path, capsys.readouterr().out)
+    assert main(["reproduce", "--epochs", "7", "--epoch-size", "512", "--full-eval", "--eval-size", "5000",
+                 "--print-config"]) == 0
+    full = read_back(tmp_path, capsys.readouterr().out)
+    assert (auto.full_eval, auto.eval_size, full.full_eval, full.eval_size) == (None, 10_000, True, 5_000)
+    assert auto.evaluation_size(60_000) == 10_000 and full.evaluation_size(60_000) is None
+    assert auto.digest(quick=False) != full.digest(quick=False)
+    # eval_size is unused on the full protocol
+    assert full.digest(quick=False) == replace(full, eval_size=10_000).digest(quick=False)
 
 
 def read_back(tmp_path: Path, text: str) -> RunConfig:

@@ -94,12 +94,19 @@ def step_seconds(cfg: RunConfig, steps: int = 8) -> float:
 
 def projection(cfg: RunConfig, runs: int, workers: int, train_size: int) -> str:
     """Runs x epochs x steps x measured step time / workers: a floor for the training time of a table
-    (distillation steps cost somewhat more; evaluation adds about a minute per run)."""
+    (distillation steps cost somewhat more). Evaluation is not estimated: the line says which protocol each run
+    is scored on (the full one took about a minute a run on 2 loaded CPU cores, the small-run subset about 10 s;
+    benchmarks/small_run.md)."""
     steps = -(-min(cfg.epoch_size or train_size, train_size) // cfg.batch_size)
     step = step_seconds(cfg)
     hours = runs * cfg.epochs * steps * step / max(1, min(workers, runs)) / 3600
+    subset = cfg.evaluation_size(train_size)
+    queries = f"{cfg.test_size:,}" if cfg.test_size is not None else "all"
+    scored = (f"the full protocol ({queries} test queries x all {train_size:,} training images)" if subset is None
+              else f"a {subset:,}-image training subset ({queries} test queries; --full-eval for the full protocol)")
     return (f"projection: {runs} runs x {cfg.epochs} epochs x {steps} steps x {1000 * step:.0f} ms/step "
-            f"/ {min(workers, runs)} worker(s) = {hours:.2f} h of training (plus evaluation)")
+            f"/ {min(workers, runs)} worker(s) = {hours:.2f} h of training; evaluation not included "
+            f"(each run is then scored on {scored})")
 
 
 def measured_projection(rows: Sequence[Mapping[str, Any]], todo: Sequence[tuple[str, int]], workers: int) -> str:

@@ -12,7 +12,7 @@ from torch import nn
 from ..evaluation import evaluate_student
 from ..feature_cache import FeatureCache
 from ..methods import Context, Method, get_method
-from ..pipeline import Prepared, RunConfig, make_loader, prepare
+from ..pipeline import Prepared, RunConfig, eval_train_split, make_loader, prepare
 
 
 def run_method(method: str | Method, prep: Prepared, cfg: RunConfig, seed: int, cache: FeatureCache | None = None,
@@ -27,7 +27,8 @@ def run_method(method: str | Method, prep: Prepared, cfg: RunConfig, seed: int, 
     recipe = method if isinstance(method, Method) else get_method(method)
     trained = recipe.train(Context(cfg, prep.train, prep.sources, loader, cache, checkpoint), seed, progress=progress)
     mid = time.perf_counter()
-    row = evaluate_student(trained.student, prep.train, prep.test, trained.trains_head)
+    # the full protocol, or a class-balanced database/probe subset for a short run (the digest says which)
+    row = evaluate_student(trained.student, eval_train_split(cfg, prep.train), prep.test, trained.trains_head)
     done = time.perf_counter()
     return {"method": recipe.name, "seed": seed, "config": cfg.digest(), "epochs": cfg.epochs,
             "epoch_size": cfg.epoch_size or len(prep.train), "a": cfg.a, "optimizer_state": cfg.optimizer_state,
@@ -46,8 +47,7 @@ def shared_cache(prep: Prepared, cfg: RunConfig, methods: Sequence[str]) -> Feat
     """Every listed method's targets computed once, up front. None (targets computed batch by batch) when the
     configuration disables it or when one run sees fewer examples than the cache would compute: a short run
     should not pay for a pass over the whole training set."""
-    seen = cfg.epochs * min(cfg.epoch_size or len(prep.train), len(prep.train))
-    if not cfg.cache or seen < len(prep.train):
+    if not cfg.cache or cfg.is_short(len(prep.train)):
         return None
     ctx = Context(cfg, prep.train, prep.sources)
     layers = list(dict.fromkeys(p for m in methods for p in get_method(m).source_layers(ctx)))

@@ -42,7 +42,7 @@ from ..methods import Context, get_method
 from ..methods.self_distillation import SelfKD, paper_sgd
 from ..metrics import accuracy
 from ..modes import eval_mode
-from ..pipeline import RunConfig, build, load_data
+from ..pipeline import RunConfig, build, eval_train_split, load_data
 from ..results import ColumnType, ResultsTable
 from ..sources import Sources
 from .tables import mean_std
@@ -163,7 +163,7 @@ def run_one(regime: str, arch: str, method: str, optimizer: str, seed: int) -> d
     else:
         trained = get_method(method).train(ctx, seed)
     mid = time.perf_counter()
-    scores = evaluate_student(trained.student, train, test, trained.trains_head)
+    scores = evaluate_student(trained.student, eval_train_split(cfg, train), test, trained.trains_head)
     row = {k: v for k, v in scores.items() if k in COLUMNS}  # all from the trained head (trains_head)
     return {"arch": arch, "method": method, "optimizer": optimizer, "seed": seed, "config": cfg.digest(),
             "epochs": cfg.epochs, "epoch_size": cfg.epoch_size, **row, "train_seconds": round(mid - start, 1),

@@ -161,7 +161,7 @@ class Method:
         else:
             sources = ctx.require_sources(self.name)
             objective = CurriculumObjective(curriculum, sources, student, example=ctx.train.x[:4],
-                                            teacher_features=targets(ctx.cfg, sources, loader, ctx.cache))
+                                            teacher_features=targets(ctx.cfg, sources, loader, ctx.cache, epochs))
         trainer = Trainer(student, objective, seed=seed, callbacks=callbacks, progress=progress,
                           checkpoint=ctx.checkpoint, **(config_optimizer(ctx.cfg) if optimizer is None else optimizer))
         trainer.resume()
