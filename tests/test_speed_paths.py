@@ -120,3 +120,21 @@ def test_convnet_activations_are_channels_last():
 def test_keep_freed_memory_is_safe_to_repeat():
     first, second = keep_freed_memory(), keep_freed_memory()
     assert first == second and isinstance(first, bool)
+
+
+def test_table_runs_are_single_threaded_in_process_too_and_the_thread_count_is_restored():
+    import torch
+
+    from indistill_lab.experiments.reproduce import one_thread
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with one_thread():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError), one_thread():
+            raise RuntimeError("a failing run")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -14,9 +14,10 @@ import os
 import signal
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -50,6 +51,18 @@ def _worker_run(method: str, seed: int, checkpoint: Path | None) -> tuple[dict[s
     return _WORKER.run(method, seed, checkpoint)
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch on one thread inside the block (the thread count is restored after): every run of a table is
+    single-threaded, in this process or in a worker, so small nets do not spin a second thread on a shared core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _pool(cfg: RunConfig, methods: Sequence[str], workers: int, log: Callable[[str], None],
           cache_dir: Path | None = None) -> ProcessPoolExecutor:
     """Worker processes of one thread each. Where fork exists, the parent builds the shared stages and
@@ -58,13 +71,9 @@ def _pool(cfg: RunConfig, methods: Sequence[str], workers: int, log: Callable[[s
     global _WORKER
     if "fork" not in multiprocessing.get_all_start_methods():
         return ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(cfg, methods, cache_dir))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         _WORKER = Session(cfg, methods, log, cache_dir)
         _WORKER.build()
-    finally:
-        torch.set_num_threads(threads)
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_worker_init,
                                initargs=(None, methods))
 
@@ -72,9 +81,7 @@ def _pool(cfg: RunConfig, methods: Sequence[str], workers: int, log: Callable[[s
 def step_seconds(cfg: RunConfig, steps: int = 8) -> float:
     """Median seconds of one student training step (cross-entropy, batch `cfg.batch_size`) on one thread,
     measured now: the unit of the projection printed before a table starts."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         model = build(cfg, "student")
         x = torch.randn(cfg.batch_size, *model_input_shape(model))
         y = torch.randint(0, model.num_classes, (cfg.batch_size,))
@@ -88,8 +95,6 @@ def step_seconds(cfg: RunConfig, steps: int = 8) -> float:
             opt.step()
             times.append(time.perf_counter() - start)
         return sorted(times[2:])[len(times[2:]) // 2]
-    finally:
-        torch.set_num_threads(threads)
 
 
 def projection(cfg: RunConfig, runs: int, workers: int, train_size: int) -> str:
@@ -208,8 +213,9 @@ def reproduce(cfg: RunConfig, seeds: Sequence[int] = (0, 1, 2), methods: Sequenc
             finished(row, student, i)
     elif workers == 1:
         session = Session(cfg, methods, log, results_dir / "cache")
-        for i, (method, seed) in enumerate(todo, 1):
-            finished(*session.run(method, seed, checkpoint(method, seed)), i)
+        with one_thread():  # as in a worker: rows do not depend on --workers, no thread spins on a shared machine
+            for i, (method, seed) in enumerate(todo, 1):
+                finished(*session.run(method, seed, checkpoint(method, seed)), i)
     elif todo:
         global _WORKER
         try:
