@@ -188,7 +188,23 @@ def test_indistill_paper_on_the_pair_distils_each_stage_in_turn() -> None:
     assert trained.curriculum.critical_end == 10
 
 
-@pytest.mark.parametrize("name", ["self-drg", "cascade-ta"])
+def test_the_self_distillation_methods_train_a_torchvision_student_and_export_its_backbone() -> None:
+    from indistill_lab import evaluate_student, get_method
+
+    ctx, test = _resnet_pair_context()
+    for name in ("self-drg", "self-dsr", "self-drg-dsr"):
+        trained = get_method(name).train(ctx, seed=0)
+        student, objective = trained.student, trained.extras["objective"]
+        assert isinstance(student, type(resnet18())) and student.layer1[0].conv1.out_channels == 8, name
+        assert list(student.state_dict()) == list(ctx.new_student().state_dict()), name  # no head inside
+        assert objective.stages == ([] if name == "self-dsr" else ["layer1"]), name  # the deepest map >= 4x4
+        last = trained.history.epochs[-1]
+        assert ("dsr" in last) == (name != "self-drg") and ("drg" in last) == (name != "self-dsr"), (name, last)
+        scores = evaluate_student(student, ctx.train, test, trained_head=trained.trains_head)
+        assert trained.trains_head and 0.0 <= scores["accuracy"] <= 100.0, (name, scores)
+
+
+@pytest.mark.parametrize("name", ["cascade-ta", "cascade-no-ta"])
 def test_methods_with_their_own_loop_refuse_a_users_student_instead_of_training_the_preset(name) -> None:
     from indistill_lab import Context, RunConfig, get_method
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any, ClassVar, Iterable, Sequence
 
 from ..config import seed_everything
-from ..pipeline import build
 from ..self_distillation import SelfDistillation
 from ..train import Callback, Trainer
 from .base import Context, Method, Trained, config_optimizer, register
@@ -43,6 +42,7 @@ class SelfKD(Method):
 
     name = "self-kd"
     description = "self-distillation, configurable (not registered)"
+    own_student = True  # trains `ctx.new_student()`: the preset, or a model of the user's (Context.student)
     drg: ClassVar[bool] = True
     dsr: ClassVar[bool] = True
 
@@ -56,11 +56,12 @@ class SelfKD(Method):
 
     def train(self, ctx: Context, seed: int = 0, callbacks: Iterable[Callback] = (),
               progress: bool = False, epochs: int | None = None) -> Trained:
-        """A fresh student (seeded) trained with the self-distillation objective; the returned student is
-        the backbone alone (the heads stay in `extras['objective']`)."""
+        """A fresh student (seeded; the configuration's preset or `ctx.student`'s model) trained with the
+        self-distillation objective; the returned student is the backbone alone (the heads stay in
+        `extras['objective']`)."""
         cfg = ctx.cfg
         seed_everything(seed)
-        student = build(cfg, "student")
+        student = ctx.new_student()
         loader = ctx.loader_for(seed)
         objective = SelfDistillation(student, ctx.train.x[:2], self.stages, drg=self.use_drg, dsr=self.use_dsr,
                                      temperature=cfg.kd_temperature)
