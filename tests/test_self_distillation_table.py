@@ -22,6 +22,7 @@ def test_the_committed_rows_are_the_budget_regime_and_the_table_is_not_changed_w
     assert len(budget) >= 17 and {r["config"] for r in budget} == {"786c9f398e", "0b27d77686"}
     assert all(r["regime"] in (None, "budget") for r in budget)  # rows from before the column existed: empty
     overfit = sd.REGIMES["overfit"].rows(rows, quick=False)
+    assert len(overfit) >= 15 and {r["config"] for r in overfit} == {"f9fe58609a"}  # 5 arms x 3 seeds, found
     assert all(r["regime"] == "overfit" and r["optimizer"] == "sgd" and r["train_accuracy"] is not None
                for r in overfit)
     with pytest.raises(ResultsError, match="committed table.*--update"):
