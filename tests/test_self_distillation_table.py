@@ -73,5 +73,9 @@ def test_any_method_trains_under_the_papers_sgd_when_asked(tiny_split):
     get_method("student-ce").train(Context(cfg, tiny_split), seed=0, epochs=1, callbacks=[adam])
     assert sgd.seen[0] == "SGD" and sgd.seen[1:] == pytest.approx((0.1, 0.9, 5e-4))
     assert adam.seen[:2] == ("Adam", cfg.lr)
+    own_loop = _Optimizer()  # a method with its own loop takes the same options
+    get_method("self-dsr").train(Context(cfg, tiny_split), seed=0, epochs=1, callbacks=[own_loop],
+                                 optimizer=paper_sgd(10))
+    assert own_loop.seen[0] == "SGD" and own_loop.seen[1:] == pytest.approx((0.1, 0.9, 5e-4))
     assert paper_sgd(200)["lr_schedule"] == {60: pytest.approx(0.01), 120: pytest.approx(0.001),
                                               160: pytest.approx(0.0001)}

@@ -9,7 +9,7 @@ the paper's 60/120/160 of 200).
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Iterable, Sequence
+from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 from ..config import seed_everything
 from ..self_distillation import SelfDistillation
@@ -21,8 +21,9 @@ SGD = {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "milestones": (0.3, 0.6
 
 
 def paper_sgd(epochs: int) -> dict[str, Any]:
-    """Trainer options of the paper's optimiser for a run of `epochs` (momentum kept for the whole run); any
-    method takes them, `get_method("hinton-kd").train(ctx, seed, optimizer=paper_sgd(cfg.epochs))`."""
+    """Trainer options of the paper's optimiser for a run of `epochs` (momentum kept for the whole run); every
+    curriculum and self-distillation method takes them, `get_method("hinton-kd").train(ctx, seed,
+    optimizer=paper_sgd(cfg.epochs))`."""
     return {"optimizer": "momentum", "lr": SGD["lr"], "weight_decay": SGD["weight_decay"],
             "lr_schedule": sgd_schedule(epochs), "optimizer_state": "run"}
 
@@ -55,17 +56,20 @@ class SelfKD(Method):
         self.use_dsr = self.dsr if dsr is None else dsr
 
     def train(self, ctx: Context, seed: int = 0, callbacks: Iterable[Callback] = (),
-              progress: bool = False, epochs: int | None = None) -> Trained:
+              progress: bool = False, epochs: int | None = None,
+              optimizer: Mapping[str, Any] | None = None) -> Trained:
         """A fresh student (seeded; the configuration's preset or `ctx.student`'s model) trained with the
-        self-distillation objective; the returned student is the backbone alone (the heads stay in
-        `extras['objective']`)."""
+        self-distillation objective, under this recipe's optimiser or the Trainer options `optimizer` (as for
+        every method); the returned student is the backbone alone (the heads stay in `extras['objective']`)."""
         cfg = ctx.cfg
         seed_everything(seed)
         student = ctx.new_student()
         loader = ctx.loader_for(seed)
         objective = SelfDistillation(student, ctx.train.x[:2], self.stages, drg=self.use_drg, dsr=self.use_dsr,
                                      temperature=cfg.kd_temperature)
-        options = paper_sgd(cfg.epochs) if self.optimizer == "sgd" else config_optimizer(cfg)
+        if optimizer is None:
+            optimizer = paper_sgd(cfg.epochs) if self.optimizer == "sgd" else config_optimizer(cfg)
+        options = dict(optimizer)
         trainer = Trainer(student, objective, seed=seed, callbacks=callbacks, progress=progress, **options)
         trainer.fit(loader, cfg.epochs if epochs is None else epochs)
         if trainer.history.stopped:
