@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import REPO_ROOT, quick_mode
+from .config import HOME, quick_mode
 from .results import is_tracked
 
-CACHE_DIR = REPO_ROOT / "results" / "precomputed"
+CACHE_DIR = HOME / "results" / "precomputed"
 
 
 def cache_path(name: str, params: dict[str, Any], folder: Path | None = None) -> Path:
@@ -29,7 +29,7 @@ def cache_path(name: str, params: dict[str, Any], folder: Path | None = None) ->
 
 def _quick_twin(path: Path) -> Path:
     """Where quick mode stores `path`: the same place under the git-ignored results/quick/."""
-    results = REPO_ROOT / "results"
+    results = HOME / "results"
     inside = results in path.resolve().parents
     return results / "quick" / path.resolve().relative_to(results) if inside else path
 

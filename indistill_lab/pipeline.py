@@ -24,7 +24,7 @@ from torch import nn
 from . import zoo
 from .adapter import spec_of
 from .alignment import LayerMap, validate
-from .config import REPO_ROOT, quick_mode, seed_everything
+from .config import HOME, quick_mode, seed_everything
 from .criteria import make_criterion
 from .curriculum import Curriculum, Term, paper_epochs, stage_pairs
 from .objective import CurriculumObjective
@@ -36,7 +36,7 @@ from .results import results_dir
 from .sources import KeptChannels, ReferenceTargets, Sources
 from .train import OPTIMIZER_STATE_POLICIES, Callback, Trainer
 
-CACHE_DIR = REPO_ROOT / "results" / "cache"
+CACHE_DIR = HOME / "results" / "cache"
 """Where non-default auxiliaries are kept (git-ignored): a variant never writes into data/zoo."""
 
 

@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from .config import REPO_ROOT, quick_mode
+from .config import HOME, quick_mode
 
 OUT_ENV = "INDISTILL_OUT"
 ColumnType = Callable[[str], Any]
@@ -38,13 +38,14 @@ class ResultsError(ValueError):
 
 
 def results_dir(out: Path | str | None = None) -> Path:
-    """Where tables go: `out` if given, else `$INDISTILL_OUT`, else the repository's `results/`
-    (`results/quick/`, git-ignored, in quick mode)."""
+    """Where tables go: `out` if given, else `$INDISTILL_OUT`, else `results/` in the kit's home (the repository in a
+    clone, a user data folder for an installed package: `config.kit_home`; `results/quick/`, git-ignored, in
+    quick mode)."""
     if out is not None:
         return Path(out).expanduser()
     if os.environ.get(OUT_ENV):
         return Path(os.environ[OUT_ENV]).expanduser()
-    return REPO_ROOT / "results" / ("quick" if quick_mode() else "")
+    return HOME / "results" / ("quick" if quick_mode() else "")
 
 
 def config_digest(config: Mapping[str, Any]) -> str:
@@ -72,8 +73,8 @@ def repair_hint(path: Path | str, kind: str | None = None) -> str:
     is deleted to start that run afresh."""
     path = Path(path).resolve()
     if kind is None:
-        caches = [(REPO_ROOT / "results" / d).resolve() for d in ("cache", "precomputed")]
-        kind = ("zoo" if (REPO_ROOT / "data" / "zoo").resolve() in path.parents
+        caches = [(HOME / "results" / d).resolve() for d in ("cache", "precomputed")]
+        kind = ("zoo" if (HOME / "data" / "zoo").resolve() in path.parents
                 else "cache" if any(c in path.parents for c in caches) else "checkpoint")
     if kind == "zoo":
         return (f"It is a zoo model: restore it with `git checkout -- {path}` (do not delete it; "

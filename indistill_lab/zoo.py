@@ -20,14 +20,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import REPO_ROOT, default_device
+from .config import HOME, default_device
 from .data import Loader, dataset_info, load_split
 from .metrics import accuracy, evaluate_retrieval
 from .models import build_model, model_from_config
 from .results import repair_hint
 from .train import Trainer, save_checkpoint
 
-ZOO_DIR = REPO_ROOT / "data" / "zoo"
+ZOO_DIR = HOME / "data" / "zoo"
 SEED = 0
 # Cross-entropy recipes: Adam 1e-3, dropped to 1e-4 for the last epochs (the paper's pattern), batch 128.
 RECIPES: dict[str, dict[str, Any]] = {

@@ -226,3 +226,19 @@ def test_a_table_from_before_a_column_was_added_reads_and_extends(tmp_path: Path
     rows = read_results(path)
     assert [r["method_id"] for r in rows] == [None, "abc"] and rows[0]["config"] == "0123456789"
     assert path.read_text().splitlines()[0] == ",".join(RESULT_COLUMNS)
+
+
+def test_the_kits_home_is_the_clone_or_a_user_folder_never_site_packages(tmp_path, monkeypatch):
+    from indistill_lab.config import HOME, REPO_ROOT, kit_home
+
+    assert HOME == REPO_ROOT  # tests run from a clone: data/ and results/ are the repository's
+    installed = tmp_path / "site-packages"  # an installed package: no pyproject.toml beside it
+    installed.mkdir()
+    monkeypatch.delenv("INDISTILL_HOME", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "share"))
+    assert kit_home(installed) == tmp_path / "share" / "indistill_lab"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "me"))
+    assert kit_home(installed) == tmp_path / "me" / ".local" / "share" / "indistill_lab"
+    monkeypatch.setenv("INDISTILL_HOME", str(tmp_path / "mine"))
+    assert kit_home(installed) == kit_home(REPO_ROOT) == tmp_path / "mine"  # the variable wins everywhere

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..config import REPO_ROOT
+from ..config import HOME
 from ..critical_periods import PROTOCOLS, CriticalPeriod, critical_period, deficit_run
 from ..data import Split, load_split
 from ..errors import cli, positive, seeds_from
@@ -31,7 +31,7 @@ from ..results import check_writable, results_dir, write_report
 from ..viz.critical_periods import Curves, results_png
 from .tables import append_result, mean_std, read_results
 
-CSV = REPO_ROOT / "results" / "critical-periods.csv"
+CSV = HOME / "results" / "critical-periods.csv"
 LAYERS = ("stage1", "stage2", "stage3", "fc1", "classifier")
 KEY = ["config", "protocol", "deficit_start", "deficit_epochs", "total_epochs", "seed"]
 COLUMNS = [*KEY, "step", "images_seen", "epoch", "lr", "blurred", "val_acc", *[f"fisher_{k}" for k in LAYERS],

@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..config import REPO_ROOT
+from ..config import HOME
 from ..methods import describe, method_names
 from ..pipeline import RunConfig, nominal_train_size
 from ..results import append_row, read_rows, write_report as write_text_report
@@ -109,7 +109,7 @@ def write_report(rows: Sequence[Mapping[str, Any]], cfg: RunConfig, md_path: Pat
     results_png(summarise(rows), png_path, title=f"{cfg.dataset}: retrieval mAP by method (mean ± std over seeds)")
 
 
-def rows_matching(results_dir: Path | str = REPO_ROOT / "results", **columns: Any) -> list[dict[str, Any]]:
+def rows_matching(results_dir: Path | str = HOME / "results", **columns: Any) -> list[dict[str, Any]]:
     """Rows of every current-format results CSV in `results_dir` whose columns equal `columns`
     (e.g. epochs=15, a=0, seed=0), whatever their file: how a notebook gathers the same budget
     under several optimizer-state policies, made in different runs."""

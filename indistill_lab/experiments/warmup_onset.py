@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..config import REPO_ROOT, quick_mode
+from ..config import HOME, quick_mode
 from ..curriculum import Curriculum, Phase
 from ..errors import UsageError, cli, positive, seeds_from
 from ..methods import Context, get_method
@@ -33,7 +33,7 @@ from ..viz.critical_periods import warmup_onset_png
 from .runs import run_method, shared_cache
 from .tables import append_result, mean_std, read_results
 
-CSV = REPO_ROOT / "results" / "warmup-onset.csv"
+CSV = HOME / "results" / "warmup-onset.csv"
 
 
 def delayed(curriculum: Curriculum, onset: int) -> Curriculum:
