@@ -319,6 +319,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif not results.rows():
         raise UsageError(f"{results.path} has no rows yet: run `python -m indistill_lab.experiments.self_distillation "
                          "run` first.")
+    else:
+        counts = {name: len(regime.rows(results.rows())) for name, regime in REGIMES.items()}
+        print(f"{results.path}: rows per regime {counts}; report {results.path.with_suffix('.md')} left as it is "
+              "(unchanged, or committed: --update rewrites it)", flush=True)
 
 
 if __name__ == "__main__":
