@@ -35,10 +35,10 @@ import torch
 from .. import zoo
 from ..cache import cached
 from ..config import quick_mode, seed_everything
-from ..data import Split
+from ..data import Loader, Split
 from ..errors import UsageError, cli, positive, seeds_from
 from ..evaluation import evaluate_student
-from ..methods import Context, get_method
+from ..methods import Context, Trained, get_method
 from ..methods.self_distillation import SelfKD, paper_sgd
 from ..metrics import accuracy
 from ..modes import eval_mode
@@ -130,18 +130,14 @@ def _data(cfg: RunConfig) -> tuple[Split, Split, Sources]:
     return _DATA[key]
 
 
-def _batches(split: Split, size: int = 1000) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(split.x[i:i + size], split.y[i:i + size]) for i in range(0, len(split), size)]
-
-
-def head_accuracy(trained: Any, test: Split) -> float | None:
+def head_accuracy(trained: Trained, test: Split) -> float | None:
     """Test accuracy (%) of the DRG head (the deepest one when there are several), or None without a head."""
     objective = trained.extras.get("objective")
     if objective is None or not len(objective.heads):
         return None
     correct = 0
     with torch.no_grad(), eval_mode(trained.student), eval_mode(objective):
-        for x, y in _batches(test):
+        for x, y in Loader(test, 1000, shuffle=False):
             _, heads = objective.head_logits(trained.student, x)
             correct += int((list(heads.values())[-1].argmax(1) == y).sum())
     return round(100 * correct / len(test), 2)
@@ -168,7 +164,7 @@ def run_one(regime: str, arch: str, method: str, optimizer: str, seed: int) -> d
     return {"arch": arch, "method": method, "optimizer": optimizer, "seed": seed, "config": cfg.digest(),
             "epochs": cfg.epochs, "epoch_size": cfg.epoch_size, **row, "train_seconds": round(mid - start, 1),
             "eval_seconds": round(time.perf_counter() - mid, 1), "regime": regime,
-            "train_accuracy": round(100 * accuracy(trained.student, _batches(train), device="cpu"), 2),
+            "train_accuracy": round(100 * accuracy(trained.student, Loader(train, 1000, shuffle=False), "cpu"), 2),
             "head_accuracy": head_accuracy(trained, test)}
 
 
@@ -264,12 +260,6 @@ def markdown(rows: Sequence[dict[str, Any]], command: str, quick: bool | None = 
     return "\n".join(lines)
 
 
-def report(results: ResultsTable, command: str) -> bool:
-    """Write `<table>.md` from the CSV (False: no rows, unchanged, or committed without --update)."""
-    rows = results.rows()
-    return bool(rows) and results.write_report(".md", markdown(rows, command))
-
-
 def self_distillation_views(images: int = 6, epochs: int = 3, seed: int = 0, refresh: bool = False) -> dict[str, Any]:
     """Cached (results/precomputed): a student trained `epochs` epochs of 12k images with DRG heads on
     stage1 and stage2 and DSR; for `images` test images: the images, both attention masks (channel mean),
@@ -314,13 +304,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     given = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("run", "report")]
     if args.command == "run":
         run(REGIMES[args.regime], seeds, args.workers, results)
-    if report(results, " ".join(["python -m indistill_lab.experiments.self_distillation run", *given])):
-        print(f"wrote {results.path.with_suffix('.md')}", flush=True)
-    elif not results.rows():
+    rows = results.rows()
+    if not rows:
         raise UsageError(f"{results.path} has no rows yet: run `python -m indistill_lab.experiments.self_distillation "
                          "run` first.")
+    command = " ".join(["python -m indistill_lab.experiments.self_distillation run", *given])
+    if results.write_report(".md", markdown(rows, command)):  # False: unchanged, or committed without --update
+        print(f"wrote {results.path.with_suffix('.md')}", flush=True)
     else:
-        counts = {name: len(regime.rows(results.rows())) for name, regime in REGIMES.items()}
+        counts = {name: len(regime.rows(rows)) for name, regime in REGIMES.items()}
         print(f"{results.path}: rows per regime {counts}; report {results.path.with_suffix('.md')} left as it is "
               "(unchanged, or committed: --update rewrites it)", flush=True)
 

@@ -69,8 +69,7 @@ class SelfKD(Method):
                                      temperature=cfg.kd_temperature)
         if optimizer is None:
             optimizer = paper_sgd(cfg.epochs) if self.optimizer == "sgd" else config_optimizer(cfg)
-        options = dict(optimizer)
-        trainer = Trainer(student, objective, seed=seed, callbacks=callbacks, progress=progress, **options)
+        trainer = Trainer(student, objective, seed=seed, callbacks=callbacks, progress=progress, **optimizer)
         trainer.fit(loader, cfg.epochs if epochs is None else epochs)
         if trainer.history.stopped:
             raise RuntimeError(f"{self.name}: training stopped ({trainer.history.stopped}).")

@@ -6,8 +6,8 @@ from typing import Any, Mapping, Sequence
 
 import ipywidgets as widgets
 import plotly.graph_objects as go
-from plotly.colors import qualitative
 import torch
+from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from ..self_distillation import sorted_probabilities
