@@ -48,6 +48,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "prepare_models": ("pipeline", "prepare_models"),
     "Context": ("methods", "Context"), "Method": ("methods", "Method"), "get_method": ("methods", "get_method"),
     "method_names": ("methods", "method_names"), "register_method": ("methods", "register"),
+    # an explorer of your models' retrieval (needs the `lab` extra: ipywidgets, plotly)
+    "RetrievalExplorer": ("viz.retrieval", "RetrievalExplorer"),
     # where files go, and the quick mode of tests and CI
     "results_dir": ("results", "results_dir"), "quick_mode": ("config", "quick_mode"),
 }
