@@ -189,15 +189,14 @@ class SaliencyMask(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, pre: torch.Tensor, mask: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
         shape = [1, -1] + [1] * (pre.dim() - 2)
-        y = pre * mask.view(shape)
-        ctx.save_for_backward(y, mask, score)
+        ctx.save_for_backward(pre, mask, score)  # not the output: an in-place ReLU after it may overwrite it
         ctx.shape = shape
-        return y
+        return pre * mask.view(shape)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, torch.Tensor]:
-        y, mask, score = ctx.saved_tensors
-        sal = filter_saliency(grad, y)
+        pre, mask, score = ctx.saved_tensors
+        sal = filter_saliency(grad, pre * mask.view(ctx.shape))
         relative = sal / ((sal * mask).sum() / mask.sum()).clamp_min(1e-20)
         return grad * mask.view(ctx.shape), None, (score.detach() - relative) * mask
 
@@ -352,6 +351,7 @@ class Cascade(nn.Module):
                 y = GATES[self.gate].apply(out, chunks[n].to(out.dtype), score)
                 if site in self.hint_paths:
                     feats[site] = y
+                    return y.clone()  # the hint stays the masked BN output under an in-place ReLU (ResNets)
                 return y
             handles.append(self.members[i].get_submodule(self.sites[path]).register_forward_hook(hook))
         try:
@@ -424,7 +424,7 @@ class CascadeLoss(nn.Module):
         with torch.no_grad():
             top_hints: dict[str, torch.Tensor] = {}
             handles = [self.top.get_submodule(p).register_forward_hook(
-                lambda _m, _i, out, p=p: top_hints.__setitem__(p, out)) for p in self.hint_paths]
+                lambda _m, _i, out, p=p: top_hints.__setitem__(p, out.clone())) for p in self.hint_paths]
             try:
                 top_logits = self.top(x)
             finally:

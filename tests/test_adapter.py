@@ -204,13 +204,66 @@ def test_the_self_distillation_methods_train_a_torchvision_student_and_export_it
         assert trained.trains_head and 0.0 <= scores["accuracy"] <= 100.0, (name, scores)
 
 
-@pytest.mark.parametrize("name", ["cascade-ta", "cascade-no-ta"])
-def test_methods_with_their_own_loop_refuse_a_users_student_instead_of_training_the_preset(name) -> None:
+def test_the_cascade_methods_prune_the_users_auxiliary_to_the_users_student_budget() -> None:
+    """On a ResNet pair the cascade masks the block-internal convs (the ones no residual addition ties), learns
+    the student's share of them from the user's auxiliary, and returns that auxiliary physically pruned."""
+    from indistill_lab import evaluate_student, get_method
+
+    ctx, test = _resnet_pair_context()
+    aux = ctx.sources.aux
+    internal = [f"layer{k}.{b}.conv1" for k in range(1, 5) for b in (0, 1)]
+    budget = sum(ctx.new_student().get_submodule(p).out_channels for p in internal)  # 2 * (8 + 16 + 32 + 64)
+    for name, models in (("cascade-ta", 3), ("cascade-no-ta", 2)):
+        trained = get_method(name).train(ctx, seed=0)
+        student, report = trained.student, trained.extras["report"]
+        assert trained.extras["level"] == pytest.approx(0.5), name
+        assert isinstance(student, type(resnet18())) and len(trained.history.epochs) == ctx.cfg.epochs, name
+        # the masked convs hold exactly the user's student's filter count, spread as the masks learned
+        assert sum(student.get_submodule(p).out_channels for p in internal) == budget, name
+        # convs tied through residual additions keep the auxiliary's widths (16, 32, 64, 128)
+        assert [student.get_submodule(f"layer{k}.1.conv2").out_channels for k in range(1, 5)] == [16, 32, 64, 128]
+        assert report.params_after < report.params_before == sum(p.numel() for p in aux.parameters()), name
+        assert len(trained.history.epochs[0]) and sum(k.startswith("L") for k in trained.history.epochs[0]) == models
+        scores = evaluate_student(student, ctx.train, test, trained_head=trained.trains_head)
+        assert trained.trains_head and 0.0 <= scores["accuracy"] <= 100.0 and scores["map_e"] > 0.0, (name, scores)
+
+
+def test_the_cascade_says_what_a_users_student_lacks() -> None:
     from indistill_lab import Context, RunConfig, get_method
+    from indistill_lab.sources import Sources
+
+    ctx, _ = _resnet_pair_context()
+    other = Context(RunConfig(use_zoo=False), ctx.train, Sources(aux=ctx.sources.aux), student=lambda: vgg11())
+    with pytest.raises(ValueError, match=r"cascade-ta: The cascade prunes ResNet's maskable convs .* has no conv at"):
+        get_method("cascade-ta").train(other)
+    wide = Context(RunConfig(use_zoo=False), ctx.train, Sources(aux=ctx.sources.aux),
+                   student=lambda: copy.deepcopy(ctx.sources.aux))
+    with pytest.raises(ValueError, match=r"keeps 480 of the 480 filters .* fewer filters there"):
+        get_method("cascade-no-ta").train(wide)
+
+
+def test_a_method_with_its_own_loop_must_say_it_trains_the_users_student() -> None:
+    """A method that overrides `train` without `own_student = True` might train the preset: it refuses a
+    student of the user's rather than silently training another model."""
+    from indistill_lab import Context, Method, RunConfig
+
+    class PresetLoop(Method):
+        name, description = "preset-loop", "a loop that builds the configuration's student"
+
+        def train(self, ctx, seed=0, **_):
+            return "trained the preset"
+
+    class OwnLoop(PresetLoop):
+        own_student = True
+
+        def train(self, ctx, seed=0, **_):
+            return ctx.new_student()
 
     ctx = Context(RunConfig(), _synthetic(2, seed=0), student=lambda: resnet18(num_classes=4))
-    with pytest.raises(ValueError, match=f"{name} trains the configuration's preset student.*Context.student"):
-        get_method(name).train(ctx)
+    with pytest.raises(ValueError, match=r"preset-loop trains the configuration's preset student.*Context.student"):
+        PresetLoop().train(ctx)
+    assert PresetLoop().train(Context(RunConfig(), _synthetic(2, seed=0))) == "trained the preset"
+    assert isinstance(OwnLoop().train(ctx), type(resnet18()))
 
 
 def test_an_embedding_that_does_not_feed_the_classifier_is_refused() -> None:

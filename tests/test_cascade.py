@@ -197,6 +197,26 @@ def test_both_phases_end_to_end_and_safe_stop(tiny_split, tmp_path):
         train_cascade(net, [0.5, 0.0], loader, schedule, (tiny_split.x, tiny_split.y), callbacks=[_Interrupt()])
 
 
+def test_an_in_place_relu_after_a_mask_changes_neither_losses_nor_score_gradients():
+    """torchvision's ResNets and VGGs apply ReLU(inplace=True) to the masked BN output: the gate must not save
+    that output for its backward, and hints must stay the masked BN output (as with the kit's ReLUs)."""
+    def grads(inplace: bool) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+        torch.manual_seed(0)
+        net = _randomise_bn(build_model("teacher"))
+        for m in net.modules():
+            if isinstance(m, nn.ReLU):
+                m.inplace = inplace
+        c = Cascade(net, cascade_levels(0.5, 1))
+        terms = CascadeLoss(net, c.hint_paths, beta=1.0)(c, torch.randn(8, 1, 28, 28), torch.arange(8) % 10, 0)
+        sum(terms.values()).backward()
+        return {k: v.detach() for k, v in terms.items()}, [s.grad.clone() for s in c.scores[:-1]]
+
+    (plain, plain_grads), (inplace, inplace_grads) = grads(False), grads(True)
+    assert all(torch.allclose(plain[k], inplace[k], rtol=1e-5) for k in plain)
+    assert all(g.abs().sum() > 0 and torch.allclose(g, h, rtol=1e-4, atol=1e-7)
+               for g, h in zip(plain_grads, inplace_grads))
+
+
 def test_cascade_loss_terms_are_finite_for_every_model(convnet_cascade):
     net = build_model("auxiliary")
     loss = CascadeLoss(net, convnet_cascade.hint_paths)

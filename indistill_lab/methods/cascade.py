@@ -193,29 +193,40 @@ def train_cascade(network: nn.Module, levels: Sequence[float], loader: Loader, s
 
 
 def student_level(network: nn.Module, student: nn.Module) -> float:
-    """The pruned fraction of `network`'s masked filters that leaves as many as `student` has there."""
+    """The pruned fraction of `network`'s maskable filters (`maskable_layers`) that leaves as many as `student`
+    has at the same module paths: the student sets the cascade's filter budget."""
     layers = maskable_layers(network)
     mods, smods = dict(network.named_modules()), dict(student.named_modules())
-    missing = [p for p in layers if p not in smods]
+    missing = [p for p in layers if not isinstance(smods.get(p), nn.Conv2d)]
     if missing:
-        raise ValueError(f"The student has no conv at {missing}: give the level directly instead.")
+        raise ValueError(f"The cascade prunes {type(network).__name__}'s maskable convs {layers} to the student's "
+                         f"filter count there, but the student has no conv at {missing}: give a student with the "
+                         "pruned network's module paths (e.g. prune_to_widths of it).")
     total = sum(mods[p].out_channels for p in layers)
-    return 1.0 - sum(smods[p].out_channels for p in layers) / total
+    kept = sum(smods[p].out_channels for p in layers)
+    if not 0 < kept < total:
+        raise ValueError(f"The student keeps {kept} of the {total} filters of {type(network).__name__}'s maskable "
+                         f"convs {layers}: the cascade needs a student with fewer filters there (and at least one).")
+    return 1.0 - kept / total
 
 
 def pretrained_network(ctx: Context, method: str) -> nn.Module:
-    """The network the cascade prunes: the zoo's cross-entropy auxiliary when the configuration uses the zoo,
-    else the context's auxiliary."""
+    """The network the cascade prunes: for the kit's preset student, the zoo's cross-entropy auxiliary when the
+    configuration uses the zoo; otherwise (and always for a student of the user's) the context's auxiliary."""
     entry = zoo.read_manifest()["models"].get(ctx.cfg.auxiliary)
-    if ctx.cfg.use_zoo and entry is not None and entry.get("dataset") == ctx.cfg.dataset:
+    if ctx.student is None and ctx.cfg.use_zoo and entry is not None and entry.get("dataset") == ctx.cfg.dataset:
         return zoo.load(ctx.cfg.auxiliary)
     return copy.deepcopy(ctx.require_sources(method).aux)
 
 
 class CascadedTA(Method):
-    """The cascade with `assistants` TAs, student level = the kit's student widths on the auxiliary."""
+    """The cascade with `assistants` TAs on the auxiliary (`pretrained_network`), the student's level set by the
+    student's filter count at the auxiliary's maskable convs: the kit's preset student, or the user's
+    (`Context.student`, which must share the auxiliary's module paths). The student it returns is the auxiliary
+    pruned by the learned masks; convs tied by residual additions keep the auxiliary's widths."""
 
     assistants = 1
+    own_student = True  # the student sets the budget; the trained student is the auxiliary's pruned copy
 
     def source_layers(self, ctx: Context) -> list[str]:
         return []  # learns from its own cascade, no cached targets
@@ -223,7 +234,10 @@ class CascadedTA(Method):
     def train(self, ctx: Context, seed: int = 0, callbacks: Iterable[Callback] = (),
               progress: bool = False, epochs: int | None = None) -> Trained:
         network = pretrained_network(ctx, self.name)
-        level = student_level(network, build(ctx.cfg, "student"))
+        try:
+            level = student_level(network, ctx.new_student())
+        except ValueError as err:
+            raise ValueError(f"{self.name}: {err}") from None
         cfg = ctx.cfg
         student_epochs = max(1, cfg.epochs // 3)  # two thirds joint, one third the student alone
         joint_epochs = max(1, cfg.epochs - student_epochs)
