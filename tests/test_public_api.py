@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import importlib
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -127,49 +126,6 @@ def test_a_users_notebook_finds_the_spec_error_the_output_folder_and_quick_mode(
     assert quick_mode() is True
     monkeypatch.setenv("INDISTILL_QUICK", "0")
     assert quick_mode() is False
-
-
-BLOCKER = """
-import importlib.abc, os, sys
-BLOCKED = {blocked!r}
-class _NotInstalled(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in BLOCKED:
-            with open(os.environ['INDISTILL_BLOCK_LOG'], 'a') as log:
-                log.write(name + '\\n')
-            raise ImportError(f'{{name}} is blocked: not installed without the lab extra')
-sys.meta_path.insert(0, _NotInstalled())
-"""
-
-
-def test_a_tiny_reproduce_runs_without_the_notebook_stack(tmp_path: Path) -> None:
-    """`pip install .` without the `lab` extra, as close as this machine allows without a network: a
-    sitecustomize makes every notebook-stack import fail (as if not installed) in a fresh interpreter, which then
-    runs `python -m indistill_lab reproduce` in quick mode (2 methods, 7 one-step epochs, the pipeline's shared
-    stages, evaluation, the table, its report and its PNG plot) with `--out` outside the repository."""
-    blocked = (*NOTEBOOK_STACK, "ipykernel", "notebook")
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(BLOCKER.format(blocked=blocked))
-    out, log = tmp_path / "out", tmp_path / "blocked.log"
-    env = {**os.environ, "INDISTILL_QUICK": "1", "OMP_NUM_THREADS": "1", "INDISTILL_BLOCK_LOG": str(log),
-           "PYTHONPATH": os.pathsep.join([str(site), str(PACKAGE.parent)])}
-    env.pop("INDISTILL_OUT", None)
-    probe = subprocess.run([sys.executable, "-c", "import plotly"], env=env, capture_output=True, text=True,
-                           cwd=tmp_path, timeout=120)
-    assert probe.returncode != 0 and "blocked: not installed without the lab extra" in probe.stderr  # the block works
-    log.unlink()
-
-    command = [sys.executable, "-m", "indistill_lab", "reproduce", "--methods", "student-ce", "indistill-paper",
-               "--seeds", "1", "--epochs", "7", "--epoch-size", "128", "--out", str(out)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=tmp_path, timeout=600)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    (csv,) = out.glob("fashion-mnist-*.csv")
-    lines = csv.read_text().splitlines()
-    assert len(lines) == 3 and {line.split(",")[0] for line in lines[1:]} == {"student-ce", "indistill-paper"}
-    assert csv.with_suffix(".md").is_file() and csv.with_suffix(".png").stat().st_size > 1000
-    tried = sorted(set(log.read_text().split())) if log.exists() else []
-    assert not tried, f"reproduce tried to import the notebook stack: {tried}"
 
 
 def test_notebook_10_uses_only_the_public_api() -> None:
