@@ -48,6 +48,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "prepare_models": ("pipeline", "prepare_models"),
     "Context": ("methods", "Context"), "Method": ("methods", "Method"), "get_method": ("methods", "get_method"),
     "method_names": ("methods", "method_names"), "register_method": ("methods", "register"),
+    "compare_methods": ("experiments.compare", "compare_methods"),
     # an explorer of your models' retrieval (needs the `lab` extra: ipywidgets, plotly)
     "RetrievalExplorer": ("viz.retrieval", "RetrievalExplorer"),
     # where files go, and the quick mode of tests and CI

@@ -116,10 +116,11 @@ def test_torchvision_pair_through_spec_stage_pairs_targets_and_evaluation() -> N
     assert probed["map_e"] > 50.0  # four classes: chance mAP is about 25%
 
 
-def _resnet_pair_context():
+def _resnet_pair():
     """A torchvision ResNet-18 teacher (16x16 inputs), an auxiliary (ResNet-18 at half width) that the pipeline
-    trains with PKT and prunes to the student's widths, and ResNet-18 students at those widths, on synthetic data."""
-    from indistill_lab import Context, RunConfig, prepare_models
+    trains with PKT and prunes to the student's widths, and ResNet-18 students at those widths, on synthetic data:
+    (configuration, the prepared stages, a function returning a fresh student)."""
+    from indistill_lab import RunConfig, prepare_models
 
     shape = (3, 16, 16)
     spec = ModelSpec(("layer1", "layer2", "layer3", "layer4"), "avgpool", "fc", shape)
@@ -147,7 +148,15 @@ def _resnet_pair_context():
     assert set(prep.sources._modules) == {"teacher", "aux", "pruned", "kept", "tuned"}  # no 'reference': not a kit ConvNet
     assert [prep.pruned.get_submodule(f"layer{k}")[1].conv2.out_channels for k in range(1, 5)] == [8, 16, 32, 64]
     assert prep.aux is not auxiliary and not torch.equal(prep.aux.layer1[0].conv1.weight, auxiliary.layer1[0].conv1.weight)
-    return Context(cfg, prep.train, prep.sources, student=student), test
+    return cfg, prep, student
+
+
+def _resnet_pair_context():
+    """The pair's training context (students of the user's) and its test split."""
+    from indistill_lab import Context
+
+    cfg, prep, student = _resnet_pair()
+    return Context(cfg, prep.train, prep.sources, student=student), prep.test
 
 
 CURRICULUM_METHODS = ["student-ce", "hinton-kd", "pkt", "fitnets", "indistill-all-at-once", "indistill-paper",
@@ -296,3 +305,31 @@ def test_per_stage_widths_follow_the_description_of_a_users_model() -> None:
     pooled = with_spec(_blocks_net(), ModelSpec(("blocks.0.3", "blocks.1.3"), "flat", "head", (1, 12, 12)))
     with pytest.raises(ValueError, match=r"Stage 'blocks.0.3' of Sequential holds no prunable conv.*dict"):
         prune_to_widths(pooled, [4, 6])
+
+
+def test_compare_methods_tables_a_users_pair_resumes_and_starts_a_new_table_when_the_models_change(tmp_path) -> None:
+    from indistill_lab import compare_methods
+
+    cfg, prep, student = _resnet_pair()
+    logs: list[str] = []
+    rows = compare_methods(prep, student, cfg, ["student-ce", "pkt"], seeds=[0], name="pair", folder=tmp_path,
+                           log=logs.append)
+    (csv,) = tmp_path.glob("pair-*.csv")
+    assert sorted(r["method"] for r in rows) == ["pkt", "student-ce"] and all(r["seed"] == 0 for r in rows)
+    assert {r["config"] for r in rows} == {csv.stem.split("-", 1)[1]} != {cfg.digest()}  # models in the digest
+    assert csv.with_suffix(".md").read_text().count("| pkt |") == 1 and csv.with_suffix(".png").stat().st_size > 1000
+    assert all(0.0 <= r["accuracy"] <= 100.0 and r["map_e"] > 0.0 for r in rows)
+
+    again = compare_methods(prep, student, cfg, ["pkt", "student-ce"], seeds=[0], name="pair", folder=tmp_path,
+                            log=logs.append)
+    assert "0 of 2 runs to do" in logs[-1] and sorted(map(str, again)) == sorted(map(str, rows))  # resumed, not rerun
+
+    compare_methods(prep, student, cfg, ["pkt"], seeds=[0], name="pair", folder=tmp_path, force=True, log=logs.append)
+    assert len(csv.with_name(csv.name + ".replaced").read_text().splitlines()) == 1  # the old pkt row, kept
+    assert len(csv.read_text().splitlines()) == 3
+
+    with torch.no_grad():
+        prep.teacher.fc.bias.add_(1.0)  # another teacher: another table, the first one untouched
+    before = csv.read_bytes()
+    compare_methods(prep, student, cfg, ["student-ce"], seeds=[0], name="pair", folder=tmp_path, log=logs.append)
+    assert len(list(tmp_path.glob("pair-*.csv"))) == 2 and csv.read_bytes() == before

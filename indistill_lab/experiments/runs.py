@@ -16,16 +16,19 @@ from ..pipeline import Prepared, RunConfig, eval_train_split, make_loader, prepa
 
 
 def run_method(method: str | Method, prep: Prepared, cfg: RunConfig, seed: int, cache: FeatureCache | None = None,
-               progress: bool = False, checkpoint: Path | None = None) -> tuple[dict[str, Any], nn.Module]:
+               progress: bool = False, checkpoint: Path | None = None,
+               student: Callable[[], nn.Module] | None = None) -> tuple[dict[str, Any], nn.Module]:
     """Train and evaluate one (method, seed); returns the result row and the student. `method` is a
     registered name or a `Method` instance (an experiment's variant, named by its `name`). With
-    `checkpoint`, training keeps its last finished epoch there and resumes from it (see `Trainer.resume`)."""
+    `checkpoint`, training keeps its last finished epoch there and resumes from it (see `Trainer.resume`).
+    `student` builds a fresh student of the user's (`Context.student`); by default the configuration's preset."""
     start = time.perf_counter()
     loader = make_loader(cfg, prep.train, seed)
     if cache is not None:
         cache.loader = loader  # tables are per example, so they serve every seed's batch order
     recipe = method if isinstance(method, Method) else get_method(method)
-    trained = recipe.train(Context(cfg, prep.train, prep.sources, loader, cache, checkpoint), seed, progress=progress)
+    trained = recipe.train(Context(cfg, prep.train, prep.sources, loader, cache, checkpoint, student), seed,
+                           progress=progress)
     mid = time.perf_counter()
     # the full protocol, or a class-balanced database/probe subset for a short run (the digest says which)
     row = evaluate_student(trained.student, eval_train_split(cfg, prep.train), prep.test, trained.trains_head)
@@ -43,13 +46,14 @@ def needs_finetune(methods: Sequence[str | Method]) -> bool:
     return any(getattr(r, "targets_from", None) == "tuned" for r in recipes)
 
 
-def shared_cache(prep: Prepared, cfg: RunConfig, methods: Sequence[str]) -> FeatureCache | None:
+def shared_cache(prep: Prepared, cfg: RunConfig, methods: Sequence[str],
+                 student: Callable[[], nn.Module] | None = None) -> FeatureCache | None:
     """Every listed method's targets computed once, up front. None (targets computed batch by batch) when the
     configuration disables it or when one run sees fewer examples than the cache would compute: a short run
     should not pay for a pass over the whole training set."""
     if not cfg.cache or cfg.is_short(len(prep.train)):
         return None
-    ctx = Context(cfg, prep.train, prep.sources)
+    ctx = Context(cfg, prep.train, prep.sources, student=student)
     layers = list(dict.fromkeys(p for m in methods for p in get_method(m).source_layers(ctx)))
     cache = FeatureCache(prep.sources.features, make_loader(cfg, prep.train, 0))
     cache.prefetch(layers)
