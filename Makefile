@@ -48,8 +48,11 @@ lab: data
 # pytest exits 5 when it collected no test: that is reported, not treated as a failure. -rs prints why a test
 # was skipped (the browser test without chromium). The website's browser test needs the built site (about 1.5
 # minutes to build on 2 loaded cores): it is `make book-test`, not part of this target.
+# Test files run in parallel, one process per core (pytest-xdist; a file and its notebook cells stay in one
+# process, in order), each on one torch thread.
 test: data chromium
-	INDISTILL_QUICK=1 $(PY) -m pytest -q -rs --durations=15 --nbval-lax --nbval-current-env \
+	INDISTILL_QUICK=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -rs --durations=15 -n auto --dist loadfile \
+		--nbval-lax --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider --ignore=tests/test_book.py tests notebooks; \
 	rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
 
