@@ -19,7 +19,6 @@ from .. import zoo
 from ..cascade import Cascade, CascadeLoss, cascade_levels, maskable_layers
 from ..data import Loader
 from ..modes import eval_mode
-from ..pipeline import build
 from ..pruning import PruneReport
 from ..taps import Taps
 from ..train import Callback, CosineLR, History, Trainer
