@@ -212,9 +212,10 @@ def student_level(network: nn.Module, student: nn.Module) -> float:
 def pretrained_network(ctx: Context, method: str) -> nn.Module:
     """The network the cascade prunes: for the kit's preset student, the zoo's cross-entropy auxiliary when the
     configuration uses the zoo; otherwise (and always for a student of the user's) the context's auxiliary."""
-    entry = zoo.read_manifest()["models"].get(ctx.cfg.auxiliary)
-    if ctx.student is None and ctx.cfg.use_zoo and entry is not None and entry.get("dataset") == ctx.cfg.dataset:
-        return zoo.load(ctx.cfg.auxiliary)
+    if ctx.student is None and ctx.cfg.use_zoo:
+        entry = zoo.read_manifest()["models"].get(ctx.cfg.auxiliary)
+        if entry is not None and entry.get("dataset") == ctx.cfg.dataset:
+            return zoo.load(ctx.cfg.auxiliary)
     return copy.deepcopy(ctx.require_sources(method).aux)
 
 
